@@ -303,9 +303,9 @@ class AsyncConnection:
                 await self._note_send.send((message.method, message.params))
             return
         if isinstance(message.id, int) and message.id in self._waiters:
-            event, slot = self._waiters[message.id]
+            done, slot = self._waiters[message.id]
             slot.append(message)
-            event.set()
+            done.set()
 
     async def send(
         self, method: str, params: object = None, *, request_id: int | None = None

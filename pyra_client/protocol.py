@@ -377,12 +377,13 @@ def decode_message(frame: bytes) -> DecodedMessage:
 def decode_event(raw: msgspec.Raw) -> Event | UnknownEvent:
     """Decode the params of a ``stream`` notification; unknown types degrade gracefully."""
     try:
-        return _event_decoder.decode(raw)
+        event: Event = _event_decoder.decode(raw)
     except msgspec.ValidationError:
         data = msgspec.json.decode(raw)
         if not isinstance(data, dict):
             raise
         return UnknownEvent(request=data.get("request"), type=str(data.get("type")), raw=data)
+    return event
 
 
 class FrameTooLarge(msgspec.Struct):
@@ -433,3 +434,14 @@ class FrameSplitter:
     def pending(self) -> int:
         """Bytes of an unfinished frame held or skipped (non-zero at EOF: a truncated frame)."""
         return len(self._buffer) + self._discarding
+
+
+# --- Vault and config (vault issue) ------------------------------------------------------
+
+# --- Tools, approvals and plugins (tools issue) ------------------------------------------
+
+# --- Memory (memory issue) ---------------------------------------------------------------
+
+# --- Doctor and service (service issue) --------------------------------------------------
+
+# --- Gatekeeper and bots (telegram issue) ------------------------------------------------

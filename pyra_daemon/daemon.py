@@ -148,9 +148,11 @@ class Daemon:
             with os.fdopen(fd, "w", encoding="ascii") as out:
                 out.write(token + "\n")
             self.server = Server(self._methods(), version=__version__, token=token)
-            tcp = await anyio.create_tcp_listener(
+            multi = await anyio.create_tcp_listener(
                 local_host="127.0.0.1", local_port=daemon.tcp_port
             )
+            tcp = multi.listeners[0]  # one address, so one listener
+            assert isinstance(tcp, anyio.abc.SocketListener)
             port = tcp.extra(anyio.abc.SocketAttribute.local_port)
             self.endpoint = Endpoint(
                 transport="tcp", host="127.0.0.1", port=port, token_file=str(token_file)
@@ -246,6 +248,11 @@ class Daemon:
             "conversations.show": Method(ConversationIdParams, self.m_conversations_show),
             "conversations.delete": Method(ConversationIdParams, self.m_conversations_delete),
             "conversations.export": Method(ConversationExportParams, self.m_conversations_export),
+            # --- vault and config methods ---
+            # --- tools, approvals and plugins methods ---
+            # --- memory methods ---
+            # --- doctor methods ---
+            # --- gatekeeper methods ---
         }
 
     def _store(self) -> ConversationStore:

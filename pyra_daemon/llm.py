@@ -178,7 +178,7 @@ async def _consume(stream: Any, model: str, on_text: TextSink) -> Completion:
 
 def _litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    module = importlib.import_module("litellm")
+    module: Any = importlib.import_module("litellm")
     module.telemetry = False
     module.suppress_debug_info = True
     logging.getLogger("LiteLLM").setLevel(logging.WARNING)

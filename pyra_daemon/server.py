@@ -164,7 +164,7 @@ class Server:
 
     async def serve(
         self,
-        listener: anyio.abc.Listener[Any],
+        listener: anyio.abc.SocketListener,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:

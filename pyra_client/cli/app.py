@@ -24,6 +24,10 @@ app = typer.Typer(
 app.add_typer(daemon.app)
 app.add_typer(conversations.app)
 app.add_typer(service.app)
+# --- vault / config command groups ---
+# --- approvals / plugin / chat command groups ---
+# --- memory command group ---
+# --- doctor / logs commands ---
 app.command("setup")(setup.setup)
 app.command("status")(status.status)
 

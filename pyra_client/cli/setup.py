@@ -25,13 +25,11 @@ def _wizard() -> SetupParams:
         provider = PROVIDERS[pid]
         typer.echo(f"  {number}. {provider.name:30} {provider.hint}")
     choice = typer.prompt("Provider", default="1")
-    provider = (
-        PROVIDERS[ids[int(choice) - 1]]
-        if choice.isdigit() and 0 < int(choice) <= len(ids)
-        else PROVIDERS.get(choice)
-    )
-    if provider is None:
+    if choice.isdigit() and 0 < int(choice) <= len(ids):
+        choice = ids[int(choice) - 1]
+    if choice not in PROVIDERS:
         raise UsageError(f"unknown provider {choice!r}")
+    provider = PROVIDERS[choice]
     model = typer.prompt("Model", default=provider.default_model)
     base_url = None
     if provider.needs_base_url or provider.default_base_url:

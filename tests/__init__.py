@@ -1,0 +1,1 @@
+"""Pyra's test suite."""
