@@ -22,11 +22,11 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from pyra_client.connection import Connection  # noqa: E402
-from pyra_client.errors import DaemonUnreachable  # noqa: E402
-from pyra_client.paths import Layout  # noqa: E402
-from pyra_client.protocol import SetupParams, SetupResult  # noqa: E402
-from tests.fakes.llm_server import FakeLLMServer  # noqa: E402
+from pyra_client.connection import Connection
+from pyra_client.errors import DaemonUnreachable
+from pyra_client.paths import Layout
+from pyra_client.protocol import SetupParams, SetupResult
+from tests.fakes.llm_server import FakeLLMServer
 
 FAKE_KEY = "sk-fake-test-key-0123456789abcdef"
 PYRA = str(Path(sys.executable).with_name("pyra"))
@@ -97,7 +97,7 @@ class DaemonHandle:
     def cli(
         self,
         *args: str,
-        input: str | None = None,
+        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
         timeout: float = 60,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
@@ -109,6 +109,7 @@ class DaemonHandle:
             timeout=timeout,
             env=env or self.env,
             stdin=None if input is not None else subprocess.DEVNULL,
+            check=False,
         )
 
     def start(self, timeout: float = 20.0) -> None:
