@@ -9,7 +9,9 @@ a command). :func:`execute` carries a plan out, or with ``dry_run`` only prints 
 What it deliberately does not do:
 
 * It does not start or talk to the daemon: the service manager starts it, ``pyra status``
-  talks to it.
+  talks to it. The one exception is a :class:`StopDaemon` step, which the caller carries out
+  (``execute(stop=...)``): a daemon started on demand holds the PID lock, so the service's own
+  daemon could not start beside it.
 * It does not enable lingering (``loginctl enable-linger``), a system-wide setting: it prints
   the hint (:data:`LINGER_HINT`) and leaves the choice to the person.
 * It uses no D-Bus or other library: it runs ``systemctl``, ``launchctl`` and ``journalctl``
@@ -59,6 +61,7 @@ __all__ = [
     "ServiceError",
     "ServiceStatus",
     "Step",
+    "StopDaemon",
     "WriteFile",
     "execute",
     "find_template",
@@ -307,7 +310,14 @@ class Run:
     check: bool = True
 
 
-Step: TypeAlias = MakeDir | WriteFile | RemoveFile | Run
+@dataclass(frozen=True)
+class StopDaemon:
+    """Stop the daemon *pid*, started outside the service: it holds this home's PID lock."""
+
+    pid: int
+
+
+Step: TypeAlias = MakeDir | WriteFile | RemoveFile | Run | StopDaemon
 
 
 @dataclass(frozen=True)
@@ -343,14 +353,18 @@ def plan_install(
     home: Path | None = None,
     start: bool = True,
     uid: int | None = None,
+    foreign_pid: int | None = None,
 ) -> InstallPlan:
     """Steps that install (or re-install) and enable the service, and start it if *start*.
 
     A re-install restarts a running service, so a new ``pyra`` or unit takes effect.
+    *foreign_pid* is a daemon running outside the service (started on demand by ``pyra ask``
+    or ``pyra daemon start``): it is stopped right before the service starts.
     """
     manager = manager_for(platform)
     exe = pyra_executable() if exec_path is None else exec_path
     pyra = pyra_home() if home is None else home
+    handover: list[Step] = [StopDaemon(foreign_pid)] if start and foreign_pid else []
     if manager == "systemd":
         unit = unit_path()
         steps: list[Step] = [
@@ -360,7 +374,7 @@ def plan_install(
             Run(_systemctl("enable", UNIT_NAME)),
         ]
         if start:
-            steps.append(Run(_systemctl("restart", UNIT_NAME)))
+            steps += [*handover, Run(_systemctl("restart", UNIT_NAME))]
             notes = [f"Pyra runs as the systemd user service {UNIT_NAME}."]
         else:
             notes = [
@@ -385,6 +399,7 @@ def plan_install(
             Run(("launchctl", "bootout", target), check=False),
             # Clears a `launchctl disable`, which would make bootstrap fail.
             Run(("launchctl", "enable", target)),
+            *handover,
             Run(("launchctl", "bootstrap", domain, str(plist))),
         ]
         notes = [f"Pyra runs as the launchd agent {LAUNCHD_LABEL} and starts at every login."]
@@ -515,10 +530,20 @@ def _describe(step: Step) -> str:
         return f"write {step.path} (mode {step.mode:04o})"
     if isinstance(step, RemoveFile):
         return f"remove {step.path}"
+    if isinstance(step, StopDaemon):
+        return f"stop the Pyra daemon started outside the service (pid {step.pid})"
     return f"run: {shlex.join(step.argv)}"
 
 
-def _apply(step: Step, run: Runner, echo: Callable[[str], None]) -> None:
+def _apply(
+    step: Step, run: Runner, echo: Callable[[str], None], stop: Callable[[int], object] | None
+) -> None:
+    if isinstance(step, StopDaemon):
+        if stop is None:
+            raise ServiceError(f"cannot {_describe(step)}: stop it, then install again")
+        echo(_describe(step))
+        stop(step.pid)
+        return
     if isinstance(step, Run):
         echo(_describe(step))
         result = run(step.argv)
@@ -545,10 +570,13 @@ def execute(
     dry_run: bool,
     echo: Callable[[str], None],
     run: Runner = run_command,
+    stop: Callable[[int], object] | None = None,
 ) -> None:
     """Carry out *plan* step by step, echoing each; stop at the first failure.
 
-    With *dry_run*, print every step (files in full) and change nothing.
+    With *dry_run*, print every step (files in full) and change nothing. *stop* carries out
+    a :class:`StopDaemon` step (the CLI stops the daemon over IPC); without it, such a step
+    fails with a clear message.
     """
     if dry_run:
         echo("Dry run: nothing below is written, removed or run.")
@@ -559,7 +587,7 @@ def execute(
                     echo(f"    {line}".rstrip())
     else:
         for step in plan.steps:
-            _apply(step, run, echo)
+            _apply(step, run, echo, stop)
     for note in plan.notes:
         echo(note)
 

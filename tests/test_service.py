@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -628,3 +629,84 @@ def test_watchdog_interval(
             monkeypatch.setenv(name, str(os.getpid()) if value == "self" else value)
 
     assert notify.watchdog_interval() == expected
+
+
+# --- a daemon started on demand hands over to the service ---------------------------------------
+
+
+def test_install_stops_a_daemon_running_outside_the_service_first(
+    env: Env, pyra_home: Path
+) -> None:
+    from pyra_client.cli.daemon import running_pid, stop_daemon
+    from pyra_client.paths import Layout
+    from tests.conftest import DaemonHandle, clean_env
+
+    config = pyra_home / "config.toml"
+    config.write_text(config.read_text() + "warm_up = false\n")
+    layout = Layout(pyra_home)
+    handle = DaemonHandle(home=pyra_home, env=clean_env(pyra_home))
+    handle.start()  # as `pyra ask` would have: it holds the PID lock
+    assert handle.process is not None
+    # Reap it as init would (`pyra ask` has long exited): a zombie would look alive.
+    reaper = threading.Thread(target=handle.process.wait, daemon=True)
+    reaper.start()
+    holder_at_restart: list[int | None] = []
+
+    def systemctl(argv: Sequence[str]) -> service.RunResult:
+        if argv[-2:] == ("restart", "pyra.service"):
+            holder_at_restart.append(running_pid(layout))
+        return service.RunResult(0)
+
+    try:
+        plan = service.plan_install("linux", home=pyra_home, foreign_pid=handle.pid)
+        lines: list[str] = []
+        service.execute(
+            plan,
+            dry_run=False,
+            echo=lines.append,
+            run=systemctl,
+            stop=lambda _pid: stop_daemon(layout, 20.0),
+        )
+    finally:
+        handle.stop()
+
+    assert holder_at_restart == [None]  # the lock was free when the service started
+    assert f"stop the Pyra daemon started outside the service (pid {handle.pid})" in lines
+    kinds = [type(step).__name__ for step in plan.steps]
+    assert kinds[-2:] == ["StopDaemon", "Run"]  # right before `systemctl restart`
+
+
+def test_the_handover_is_planned_only_when_starting_and_shown_in_a_dry_run(env: Env) -> None:
+    assert not any(
+        isinstance(step, service.StopDaemon)
+        for step in service.plan_install("linux", start=False, foreign_pid=4242).steps
+    )
+    darwin = service.plan_install("darwin", uid=501, foreign_pid=4242)
+    assert isinstance(darwin.steps[-2], service.StopDaemon)  # before launchctl bootstrap
+
+    lines: list[str] = []
+    stopped: list[int] = []
+    plan = service.plan_install("linux", foreign_pid=4242)
+    service.execute(plan, dry_run=True, echo=lines.append, stop=stopped.append)
+
+    assert "stop the Pyra daemon started outside the service (pid 4242)" in lines
+    assert stopped == []
+    with pytest.raises(service.ServiceError, match="stop it, then install again"):
+        service.execute(plan, dry_run=False, echo=lambda _: None, run=RecordingRunner())
+
+
+def test_the_services_own_daemon_is_not_stopped_by_a_reinstall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyra_client.cli import service as cli_service
+
+    def status(pid: int | None, running: bool = True) -> service.ServiceStatus:
+        return service.ServiceStatus(
+            "systemd", Path("/x"), installed=True, reachable=True, running=running, pid=pid
+        )
+
+    monkeypatch.setattr(service, "service_status", lambda: status(4242))
+    assert cli_service._foreign_daemon(4242) is None
+    assert cli_service._foreign_daemon(None) is None
+    monkeypatch.setattr(service, "service_status", lambda: status(None, running=False))
+    assert cli_service._foreign_daemon(4242) == 4242

@@ -27,11 +27,33 @@ def install(
         False, "--no-start", help="Install and enable it, but do not start it now."
     ),
 ) -> None:
-    """Write the unit (or agent) for this `pyra`, enable it and (re)start it."""
+    """Write the unit (or agent) for this `pyra`, enable it and (re)start it.
+
+    A daemon already running outside the service (started by `pyra ask` or `pyra daemon
+    start`) is stopped first: it holds the PID lock the service's daemon needs.
+    """
+    from pyra_client import service
+    from pyra_client.cli.daemon import running_pid, stop_daemon
+    from pyra_client.paths import Layout
+
+    layout = Layout.default()
+    foreign = None if no_start else _foreign_daemon(running_pid(layout))
+    plan = service.plan_install(start=not no_start, foreign_pid=foreign)
+    service.execute(
+        plan, dry_run=dry_run, echo=typer.echo, stop=lambda _pid: stop_daemon(layout, 30.0)
+    )
+
+
+def _foreign_daemon(pid: int | None) -> int | None:
+    """*pid* unless it is the service's own daemon (a re-install restarts that one itself)."""
+    if pid is None:
+        return None
     from pyra_client import service
 
-    plan = service.plan_install(start=not no_start)
-    service.execute(plan, dry_run=dry_run, echo=typer.echo)
+    state = service.service_status()
+    if state.reachable and state.running and state.pid == pid:
+        return None
+    return pid
 
 
 @app.command()
