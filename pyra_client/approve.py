@@ -1,0 +1,221 @@
+"""Showing an approval request to a person on a terminal, and reading the decision.
+
+Shared by ``pyra ask`` (inline approvals for its own turn) and ``pyra approvals watch``. The
+person must see exactly what would run: the tool and the *full* arguments, pretty-printed when
+they are JSON, with every control, bidirectional and invisible character turned into a visible
+escape (:func:`make_visible`, the same rules as the daemon's ``pyra_daemon.broker``; the client
+may not import the daemon, so the logic is mirrored here and a test keeps the two in step).
+Arguments longer than a screen are cut in the prompt with an offer to read them in a pager.
+
+What this module deliberately does not do: talk to the daemon (callers send
+``interactions.answer``), or decide anything by itself: end of input means "deny".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from typing import IO
+
+from pyra_client.protocol import PERMISSION_DECISIONS, Interaction, InteractionResolved
+
+__all__ = [
+    "ANSWER_KEYS",
+    "MAX_SHOWN_LINES",
+    "ask_person",
+    "describe_resolution",
+    "make_visible",
+    "parse_answer",
+    "prompt_line",
+    "render",
+    "render_arguments",
+    "take_line",
+]
+
+#: What the person may type, and the decision each stands for.
+ANSWER_KEYS = {
+    "a": "allow",
+    "allow": "allow",
+    "y": "allow",
+    "yes": "allow",
+    "w": "always",
+    "always": "always",
+    "d": "deny",
+    "deny": "deny",
+    "n": "deny",
+    "no": "deny",
+}
+#: Lines of arguments shown in the prompt itself; the rest through ``[v]iew``.
+MAX_SHOWN_LINES = 40
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_EXTRA_INVISIBLE = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+)
+
+
+def _escape(char: str, multiline: bool) -> str | None:
+    if multiline and char in "\n\t":
+        return None
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return f"\\x{code:02x}"
+    if code < 0xA0:
+        return None
+    if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") or any(
+        low <= code <= high for low, high in _EXTRA_INVISIBLE
+    ):
+        return f"<U+{code:04X}>"
+    return None
+
+
+def _pieces(text: str, multiline: bool) -> Iterable[str]:
+    for char in text:
+        escaped = _escape(char, multiline)
+        yield char if escaped is None else escaped
+
+
+def make_visible(text: str, *, multiline: bool = False) -> str:
+    """``text`` with control, bidi and invisible characters as visible escapes.
+
+    C0/C1 controls and DEL become ``\\x1b``-style escapes (``\\n``, ``\\r``, ``\\t`` by name);
+    bidi controls, zero-width and other invisible format characters become ``<U+202E>``.
+    With ``multiline`` newlines and tabs stay as they are. Mirrors
+    ``pyra_daemon.broker.make_visible``.
+    """
+    return "".join(_pieces(text, multiline))
+
+
+def render_arguments(arguments: str) -> str:
+    """The full arguments, pretty-printed JSON when they parse, made visible (multi-line)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return make_visible(arguments, multiline=True)
+    # JSON escapes C0 controls inside strings already; bidi and invisible characters are kept
+    # by ensure_ascii=False and then shown as <U+XXXX> escapes.
+    return make_visible(json.dumps(value, indent=2, ensure_ascii=False), multiline=True)
+
+
+def _when(expires_at: float, now: float) -> str:
+    left = max(0, round(expires_at - now))
+    clock = dt.datetime.fromtimestamp(expires_at).astimezone().strftime("%H:%M:%S")
+    return f"expires in {left}s (at {clock})"
+
+
+def render(request: Interaction, *, now: float | None = None, full: bool = False) -> str:
+    """The text of a request as a person reads it (several lines, no trailing newline)."""
+    now = time.time() if now is None else now
+    head = f"Approval needed: {make_visible(request.tool or request.kind)}"
+    lines = [head, "─" * min(len(head), 72)]
+    if request.conversation:
+        lines.append(f"conversation: {make_visible(request.conversation)}")
+    if request.origin:
+        lines.append(f"started by:   {make_visible(request.origin)}")
+    if request.expires_at:
+        lines.append(f"request:      {make_visible(request.id)} · {_when(request.expires_at, now)}")
+    if request.flags:
+        lines.append(f"⚠ flags:      {', '.join(make_visible(f) for f in request.flags)}")
+        if any(f == "tainted" for f in request.flags):
+            lines.append(
+                "  this conversation holds untrusted content (a web page, command output): "
+                "check the arguments closely"
+            )
+        if any(f.startswith("injection") for f in request.flags):
+            lines.append("  the arguments look like a prompt-injection attempt")
+    if request.kind == "permission":
+        body = render_arguments(request.arguments) if request.arguments else "(no arguments)"
+        shown = body.splitlines() or [""]
+        lines.append("arguments:")
+        cut = not full and len(shown) > MAX_SHOWN_LINES
+        lines.extend(f"  {line}" for line in (shown[:MAX_SHOWN_LINES] if cut else shown))
+        if cut:
+            lines.append(f"  … {len(shown) - MAX_SHOWN_LINES} more lines: [v]iew shows them all")
+    else:
+        lines.append(make_visible(request.prompt, multiline=True))
+        if request.options:
+            lines.append("options: " + ", ".join(request.options))
+    return "\n".join(lines)
+
+
+def parse_answer(text: str, options: Iterable[str]) -> str | None:
+    """The decision typed in ``text`` if it is among ``options`` (``None`` otherwise)."""
+    decision = ANSWER_KEYS.get(text.strip().lower())
+    return decision if decision in set(options) else None
+
+
+def _choices(options: Iterable[str]) -> str:
+    labels = {"allow": "[a]llow once", "always": "al[w]ays allow", "deny": "[d]eny"}
+    return " / ".join(labels[o] for o in options if o in labels)
+
+
+def _page(text: str, out: IO[str]) -> None:
+    pager = os.environ.get("PAGER") or ("less" if shutil.which("less") else "")
+    if not pager:
+        out.write(text + "\n")
+        return
+    command = [*pager.split(), *(["-R"] if pager == "less" else [])]
+    try:
+        subprocess.run(command, input=text, text=True, check=False)  # noqa: S603 - the user's pager
+    except OSError:
+        out.write(text + "\n")
+
+
+def prompt_line(request: Interaction) -> str:
+    """The question under a rendered request, e.g. ``[a]llow once / al[w]ays allow / ...? ``."""
+    view = " / [v]iew" if request.arguments else ""
+    return f"{_choices(request.options or PERMISSION_DECISIONS)}{view}? "
+
+
+def take_line(line: str, request: Interaction, out: IO[str]) -> str | None:
+    """Handle one typed line: the decision, or ``None`` to ask again (after showing the full
+    arguments for ``v``, or a hint for anything else). End of input ("") denies."""
+    if not line:
+        out.write("\n(no answer: denied)\n")
+        return "deny"
+    if line.strip().lower() in ("v", "view"):
+        _page(render(request, full=True), out)
+        return None
+    options = request.options or PERMISSION_DECISIONS
+    decision = parse_answer(line, options)
+    if decision is None:
+        out.write(f"please answer with one of: {_choices(options)}\n")
+    return decision
+
+
+def ask_person(request: Interaction, *, out: IO[str], read_line: Callable[[], str]) -> str:
+    """Show ``request`` and read the decision: ``allow``, ``always`` or ``deny``.
+
+    ``read_line`` returns one line typed by the person ("" at end of input, which denies).
+    """
+    out.write("\n" + render(request) + "\n")
+    while True:
+        out.write(prompt_line(request))
+        out.flush()
+        decision = take_line(read_line(), request, out)
+        if decision is not None:
+            return decision
+
+
+def describe_resolution(resolved: InteractionResolved, me: str | None = None) -> str:
+    """One line saying how a request ended (``by you`` when ``me`` decided it)."""
+    who = "you" if me is not None and resolved.by == me else resolved.by
+    verdict = {"allow": "allowed", "always": "allowed always", "deny": "denied"}.get(
+        resolved.decision, resolved.decision
+    )
+    reason = f" ({make_visible(resolved.reason)})" if resolved.reason and who == "system" else ""
+    return f"request {make_visible(resolved.id)} {verdict} by {who}{reason}"
