@@ -9,18 +9,23 @@ boundary is enforced by import-linter): it runs ``python -m pyra_daemon``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from pyra_client.connection import Connection
 from pyra_client.errors import DaemonUnreachable
 from pyra_client.paths import Layout, ensure_private_dir
 
+if TYPE_CHECKING:
+    import subprocess
+
 __all__ = ["connect_or_start", "spawn_daemon", "wait_until_ready"]
 
 
 def spawn_daemon(layout: Layout) -> subprocess.Popen[bytes]:
+    import subprocess  # only to start a daemon: not on the hot path of a running one
+
     ensure_private_dir(layout.home)
     ensure_private_dir(layout.logs_dir)
     # Early failures (an invalid config) are printed before logging is set up: keep them.

@@ -89,6 +89,10 @@ class Connection:
         self._splitter = FrameSplitter()
         self._frames: list[DecodedMessage] = []
         self._ids = itertools.count(1)
+        # Requests sent and not yet waited for, and responses that arrived while waiting for
+        # another one (an approval answered inline while an ``ask`` streams).
+        self._outstanding: set[int | str] = set()
+        self._early: dict[int | str, DecodedMessage] = {}
         self.hello: HelloResult | None = None
         self._hello_id: int | None = next(self._ids)
         self._sock.sendall(
@@ -125,6 +129,11 @@ class Connection:
     def close(self) -> None:
         self._sock.close()
 
+    def set_timeout(self, seconds: float | None) -> None:
+        """Give up on a response after *seconds* with :class:`DaemonUnreachable` (a hung
+        daemon); ``None``, the default, waits as long as the daemon takes."""
+        self._sock.settimeout(seconds)
+
     def __enter__(self) -> Connection:
         return self
 
@@ -135,6 +144,8 @@ class Connection:
         """Send a request without waiting; returns its id."""
         request_id = next(self._ids)
         self._sock.sendall(encode(Request(id=request_id, method=method, params=params)))
+        if method != "cancel":  # fire-and-forget: nobody waits for a cancel's answer
+            self._outstanding.add(request_id)
         return request_id
 
     def notify(self, method: str, params: object = None) -> None:
@@ -167,8 +178,18 @@ class Connection:
         on_event: EventHandler | None = None,
         on_notification: NotificationHandler | None = None,
     ) -> T:
-        """Read until the response to *request_id*; stream events go to *on_event*."""
+        """Read until the response to *request_id*; stream events go to *on_event*.
+
+        Handlers may send and wait for other requests (nested): a response that arrives for
+        another request still awaited is kept for its own ``wait``; responses to requests
+        nobody waits for any more are dropped.
+        """
         while True:
+            early = self._early.pop(request_id, None)
+            if early is not None:
+                self._outstanding.discard(request_id)
+                _raise_error(early)
+                return msgspec.json.decode(early.result or b"null", type=result_type)
             message = self._next_message()
             if message.method is not None:
                 if message.method == "stream" and message.params:
@@ -187,9 +208,17 @@ class Connection:
                 _raise_error(message)  # an error the daemon could not tie to a request
                 continue
             if message.id != request_id:
-                continue  # the answer to a request we gave up on (e.g. a cancel)
+                if message.id in self._outstanding:
+                    self._early[message.id] = message
+                continue  # otherwise the answer to a request we gave up on (e.g. a cancel)
+            self._outstanding.discard(request_id)
             _raise_error(message)
             return msgspec.json.decode(message.result or b"null", type=result_type)
+
+    def forget(self, request_id: int) -> None:
+        """Stop keeping the response of *request_id* (a request given up on)."""
+        self._outstanding.discard(request_id)
+        self._early.pop(request_id, None)
 
     def call(
         self,
@@ -264,10 +293,13 @@ class AsyncConnection:
 
     async def aclose(self) -> None:
         if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            with self._anyio.CancelScope(shield=True):
-                await self._task_group.__aexit__(None, None, None)
-            self._task_group = None
+            task_group, self._task_group = self._task_group, None
+            # The group's scope must be exited as the innermost one (a CancelScope wrapped
+            # around __aexit__ breaks anyio's nesting); shielding it keeps an outer
+            # cancellation from cutting the clean-up short.
+            task_group.cancel_scope.shield = True
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
         await self._stream.aclose()
 
     async def _reader(self) -> None:

@@ -10,12 +10,10 @@ The endpoint a running daemon actually listens on is written by the daemon to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -117,6 +115,8 @@ class Endpoint:
 
 
 def _home_tag(home: Path) -> str:
+    import hashlib  # only when endpoint.json is missing: keeps `pyra ask` start-up small
+
     return hashlib.sha256(os.fsencode(home.resolve())).hexdigest()[:12]
 
 
@@ -161,6 +161,8 @@ def default_socket_path(layout: Layout, configured: str | None = None) -> Path:
     candidate = layout.run_dir / "pyra.sock"
     if _fits(candidate):
         return candidate
+    import tempfile  # a rare fallback; tempfile alone costs several ms to import
+
     return Path(tempfile.gettempdir()) / f"pyra-{os.getuid()}" / f"{tag}.sock"
 
 

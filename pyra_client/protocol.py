@@ -34,33 +34,118 @@ import msgspec
 
 __all__ = [
     "MAX_FRAME_BYTES",
+    "MEMORY_CATEGORIES",
+    "PERMISSION_DECISIONS",
     "PROTOCOL_VERSION",
+    "SECRET_NAME_PATTERN",
     "SUPPORTED_PROTOCOLS",
+    "ApprovalRule",
+    "ApprovalRuleAddParams",
+    "ApprovalRuleIdParams",
+    "ApprovalRuleListResult",
     "AskParams",
     "AskResult",
     "CancelParams",
     "CancelResult",
+    "CheckStatus",
+    "CommandListResult",
+    "CommandRunParams",
+    "CommandRunResult",
+    "CommandView",
+    "ConfigFileResult",
+    "ConfigGetResult",
+    "ConfigKeyParams",
+    "ConfigSetParams",
+    "ConfigSetResult",
+    "ConfigShowResult",
+    "ConfigWriteParams",
+    "ConfigWriteResult",
     "ConversationExportParams",
     "ConversationExportResult",
     "ConversationIdParams",
     "ConversationListParams",
     "ConversationListResult",
+    "ConversationSearchParams",
+    "ConversationSearchResult",
     "ConversationShowResult",
     "ConversationSummary",
     "DecodedMessage",
+    "DoctorCheck",
+    "DoctorParams",
+    "DoctorResult",
     "Empty",
     "ErrorCode",
     "ErrorObject",
     "Event",
     "FrameSplitter",
     "FrameTooLarge",
+    "GateAction",
+    "GateChallengeParams",
+    "GateChatParams",
+    "GateCheckParams",
+    "GateConversationResult",
+    "GateInfoResult",
+    "GatePassphraseParams",
+    "GatePlatformParams",
+    "GatePressParams",
+    "GatePressResult",
+    "GatePromptClosedParams",
+    "GatePromptParams",
+    "GatePromptResult",
+    "GatePromptSentParams",
+    "GatePromptView",
+    "GatePromptsParams",
+    "GatePromptsResult",
+    "GateResult",
+    "GateSenderParams",
+    "GateSetupParams",
+    "GateSetupResult",
     "HelloParams",
     "HelloResult",
+    "InboxAcceptParams",
+    "InboxAcceptResult",
+    "InboxAskResult",
+    "InboxItem",
+    "InboxItemParams",
+    "InboxPendingParams",
+    "InboxPendingResult",
+    "InboxSentParams",
+    "Interaction",
+    "InteractionAnswerParams",
+    "InteractionAnswerResult",
+    "InteractionListResult",
+    "InteractionResolved",
+    "InteractionSubscribeResult",
+    "MemoryAppendParams",
+    "MemoryEntry",
+    "MemoryHit",
+    "MemoryListParams",
+    "MemoryListResult",
+    "MemoryNameParams",
+    "MemoryReindexParams",
+    "MemoryReindexResult",
+    "MemorySearchParams",
+    "MemorySearchResult",
+    "MemoryShowResult",
+    "MemoryWriteParams",
+    "MemoryWriteResult",
+    "MessageHit",
     "MessageView",
     "Notification",
     "OkResult",
+    "PluginInfoResult",
+    "PluginInstallParams",
+    "PluginListResult",
+    "PluginNameParams",
+    "PluginSecretView",
+    "PluginSetupResult",
+    "PluginToolView",
+    "PluginView",
     "Request",
     "Response",
+    "SetupCheckResult",
+    "SetupModelsParams",
+    "SetupModelsResult",
     "SetupParams",
     "SetupResult",
     "StatusResult",
@@ -68,9 +153,18 @@ __all__ = [
     "TaskStatus",
     "TextDelta",
     "ToolCallEvent",
+    "ToolListResult",
     "ToolResultEvent",
+    "ToolView",
     "TurnUsage",
     "UnknownEvent",
+    "VaultListResult",
+    "VaultNameParams",
+    "VaultPasswdParams",
+    "VaultRotateParams",
+    "VaultSetParams",
+    "VaultStatusResult",
+    "VaultUnlockParams",
     "decode_event",
     "decode_message",
     "encode",
@@ -208,6 +302,9 @@ class AskParams(Base):
     continue_last: bool = False
     #: Send ``stream`` notifications while the turn runs.
     stream: bool = True
+    #: This connection answers approval requests raised by this turn (``interaction.request``
+    #: notifications); set by frontends that can ask the person, e.g. on a terminal.
+    approve: bool = False
 
 
 class TurnUsage(Base):
@@ -437,11 +534,767 @@ class FrameSplitter:
 
 
 # --- Vault and config (vault issue) ------------------------------------------------------
+# Secret values travel from frontends to the daemon only: no result below carries one, and
+# every params struct holding one has a redacted ``repr`` so that it cannot reach a log.
+
+_VAULT_PART = r"[a-z0-9][a-z0-9_.-]{0,63}"
+#: A secret name: ``provider:<id>`` or ``plugin:<name>:<key>`` (the vault enforces the same
+#: rule; the CLI checks it before prompting for a value).
+SECRET_NAME_PATTERN = rf"provider:{_VAULT_PART}|plugin:{_VAULT_PART}:{_VAULT_PART}"
+
+
+class VaultStatusResult(Base):
+    """The vault's state; never names or values. ``damaged`` comes with ``problem``/``hint``."""
+
+    initialized: bool
+    #: ``identity`` (unlocks itself from a 0600 identity file) or ``passphrase``.
+    mode: Literal["identity", "passphrase"] | None = None
+    locked: bool = True
+    #: Number of secrets; ``None`` while locked or damaged.
+    count: int | None = None
+    path: str = ""
+    damaged: bool = False
+    problem: str | None = None
+    hint: str | None = None
+    #: The daemon runs with core dumps and ptrace attachment disabled (``None``: not Linux).
+    hardened: bool | None = None
+
+
+class VaultUnlockParams(Base):
+    passphrase: str
+
+    def __repr__(self) -> str:
+        return "VaultUnlockParams(passphrase=***)"
+
+
+class VaultSetParams(Base):
+    name: str
+    value: str
+
+    def __repr__(self) -> str:
+        return f"VaultSetParams(name={self.name!r}, value=***)"
+
+
+class VaultNameParams(Base):
+    name: str
+
+
+class VaultListResult(Base):
+    names: list[str]
+
+
+class VaultPasswdParams(Base):
+    #: The current passphrase; ``None`` for a vault in identity mode.
+    old: str | None = None
+    #: The new passphrase; ``None`` goes back to identity mode (a plain 0600 identity file).
+    new: str | None = None
+
+    def __repr__(self) -> str:
+        return "VaultPasswdParams(old=***, new=***)"
+
+
+class VaultRotateParams(Base):
+    #: The current passphrase (passphrase mode only); it also wraps the new identity.
+    passphrase: str | None = None
+
+    def __repr__(self) -> str:
+        return "VaultRotateParams(passphrase=***)"
+
+
+class SetupModelsParams(Base):
+    provider: str
+    base_url: str | None = None
+    #: A key typed in the wizard and not stored yet; without it the stored key is used.
+    api_key: str | None = None
+
+    def __repr__(self) -> str:
+        return f"SetupModelsParams(provider={self.provider!r}, base_url={self.base_url!r})"
+
+
+class SetupModelsResult(Base):
+    models: list[str]
+    #: False when Pyra cannot list this provider's models (the wizard asks for a name).
+    supported: bool = True
+    #: The URL the list came from.
+    source: str | None = None
+
+
+class SetupCheckResult(Base):
+    provider: str
+    model: str
+    seconds: float
+
+
+class ConfigShowResult(Base):
+    path: str
+    #: The effective configuration (defaults included) as TOML.
+    toml: str
+    #: The same, as JSON values by section.
+    values: dict[str, Any]
+
+
+class ConfigKeyParams(Base):
+    #: ``section.key`` (or just ``section``).
+    key: str
+
+
+class ConfigGetResult(Base):
+    key: str
+    value: Any
+
+
+class ConfigSetParams(Base):
+    key: str
+    #: As typed: parsed as the key's type (a TOML value such as ``[1, 2]`` where needed).
+    value: str
+
+
+class ConfigSetResult(Base):
+    key: str
+    value: Any
+    path: str
+    #: The change takes effect only after ``pyra daemon restart`` (socket, transport).
+    restart_needed: bool = False
+
+
+class ConfigFileResult(Base):
+    path: str
+    #: The file's text as written by a person or by Pyra ("" when there is no file yet).
+    text: str
+
+
+class ConfigWriteParams(Base):
+    text: str
+    #: The text the edit started from; the write is refused if the file changed meanwhile.
+    expected: str | None = None
+
+
+class ConfigWriteResult(Base):
+    path: str
+    changed: bool
+    restart_needed: bool = False
+
 
 # --- Tools, approvals and plugins (tools issue) ------------------------------------------
 
+# Approvals and tools (``interactions.*``, ``approvals.*``, ``tools.list``). The daemon sends
+# ``interaction.request`` (params: :class:`Interaction`) to every subscribed approver it may
+# ask, and ``interaction.resolved`` (params: :class:`InteractionResolved`) once it is decided.
+
+#: The answers to a permission request: run once, run and remember a rule, refuse.
+PERMISSION_DECISIONS = ("allow", "always", "deny")
+
+
+class Interaction(Base):
+    """A request waiting for the person (the ``interaction.request`` notification).
+
+    ``arguments`` is the full JSON text the tool would run with: show all of it, with control
+    and bidirectional characters made visible. ``flags`` name why it deserves a closer look
+    (``tainted``, ``injection-suspected``, ``injection:<category>``, ...). Times are epoch
+    seconds.
+    """
+
+    id: str
+    #: ``permission``, ``question`` or ``choice``.
+    kind: str
+    prompt: str
+    tool: str | None = None
+    arguments: str = ""
+    preview: str = ""
+    options: list[str] = []
+    conversation: str | None = None
+    #: The connection that started the turn (``cli:conn-7``).
+    origin: str | None = None
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    flags: list[str] = []
+
+
+class InteractionResolved(Base):
+    """How a request ended (the ``interaction.resolved`` notification)."""
+
+    id: str
+    #: ``allow``, ``always``, ``deny`` (or the answer to a question).
+    decision: str
+    #: The approver that answered, or ``system`` (expiry, no approver, cancelled turn).
+    by: str
+    reason: str = ""
+
+
+class InteractionSubscribeResult(Base):
+    #: The approver id answers from this connection are bound to.
+    approver: str
+    #: Requests already pending (each is also sent as ``interaction.request``).
+    pending: int = 0
+
+
+class InteractionListResult(Base):
+    requests: list[Interaction]
+
+
+class InteractionAnswerParams(Base):
+    id: str
+    #: ``allow``, ``always`` or ``deny`` (for a question: the answer).
+    decision: str
+
+
+class InteractionAnswerResult(Base):
+    id: str
+    decision: str
+    by: str
+
+
+class ApprovalRule(Base):
+    """A remembered "allow always": ``tool`` with any arguments, or those matching ``pattern``."""
+
+    id: int
+    tool: str
+    pattern: str | None = None
+    created_at: float = 0.0
+
+
+class ApprovalRuleListResult(Base):
+    rules: list[ApprovalRule]
+
+
+class ApprovalRuleIdParams(Base):
+    id: int
+
+
+class ApprovalRuleAddParams(Base):
+    tool: str
+    #: A glob over the call's arguments as canonical JSON (sorted keys, no spaces), e.g.
+    #: ``{"command":"ls *"}``; omitted: any arguments. ``*`` also matches quotes and ``;``.
+    pattern: str | None = None
+
+
+class ToolView(Base):
+    """A tool the model may call, as ``tools.list`` shows it."""
+
+    name: str
+    description: str = ""
+    plugin: str = ""
+    read_only: bool = False
+    requires_approval: bool = True
+    #: The configured policy (``ask``, ``allow``, ``deny``) or ``default``.
+    policy: str = "default"
+    timeout: float = 30.0
+
+
+class ToolListResult(Base):
+    tools: list[ToolView]
+
+
+# Plugins and slash commands (``plugins.*``, ``commands.*``).
+
+
+class PluginToolView(Base):
+    """A tool as ``plugins.list`` and ``plugins.info`` show it."""
+
+    name: str
+    description: str = ""
+    requires_approval: bool = True
+    read_only: bool = False
+
+
+class PluginView(Base):
+    """One discovered plugin, whatever its state."""
+
+    name: str
+    #: ``entry-point`` (an installed distribution) or ``directory`` ($PYRA_HOME/plugins/<name>).
+    source: str
+    #: ``active``, ``disabled``, ``error`` or ``loading``.
+    state: str
+    enabled: bool
+    version: str = ""
+    description: str = ""
+    #: The entry point (``module:attribute``) or the plugin's folder.
+    location: str = ""
+    #: One line: why the plugin is not running (its traceback is in the daemon's log).
+    error: str | None = None
+    tools: list[PluginToolView] = []
+    commands: list[str] = []
+    #: Names of its supervised background tasks (see ``status``).
+    tasks: list[str] = []
+
+
+class PluginListResult(Base):
+    plugins: list[PluginView]
+
+
+class PluginNameParams(Base):
+    name: str
+
+
+class PluginSecretView(Base):
+    """A vault key a plugin declares; ``is_set`` is ``None`` while the vault is locked."""
+
+    key: str
+    #: The full vault name, ``plugin:<name>:<key>``.
+    secret: str
+    description: str = ""
+    is_set: bool | None = None
+
+
+class PluginInfoResult(Base):
+    plugin: PluginView
+    system_prompt: str = ""
+    #: The plugin's settings: its defaults overlaid with ``[plugins.<name>]``.
+    config: dict[str, Any] = {}
+    secrets: list[PluginSecretView] = []
+    #: The last import or setup failure's traceback (secrets redacted).
+    traceback: str | None = None
+
+
+class PluginInstallParams(Base):
+    #: An absolute path to a folder holding ``manifest.json`` and the entry file.
+    path: str
+    #: Replace an installed directory plugin of the same name.
+    replace: bool = False
+
+
+class PluginSetupResult(Base):
+    plugin: PluginView
+    secrets: list[PluginSecretView] = []
+    #: What the person should do next, one line each.
+    messages: list[str] = []
+
+
+class CommandView(Base):
+    name: str
+    description: str = ""
+    plugin: str = ""
+
+
+class CommandListResult(Base):
+    commands: list[CommandView]
+
+
+class CommandRunParams(Base):
+    #: Without the leading ``/``.
+    name: str
+    args: str = ""
+    conversation: str | None = None
+
+
+class CommandRunResult(Base):
+    ok: bool
+    text: str
+
+
 # --- Memory (memory issue) ---------------------------------------------------------------
+
+#: The memory categories, in the order lists and the prompt index show them.
+MEMORY_CATEGORIES = ("user", "context", "knowledge")
+
+
+class MemoryNameParams(Base):
+    #: ``category/slug``, e.g. ``user/preferences`` (a trailing ``.md`` is accepted).
+    name: str
+
+
+class MemoryListParams(Base):
+    #: Only this category (``user``, ``context`` or ``knowledge``).
+    category: str | None = None
+    #: At most this many entries (up to 2000), user notes first, then by name.
+    limit: int = 500
+
+
+class MemoryEntry(Base):
+    name: str
+    category: str
+    title: str
+    size: int
+    #: The file's modification time (seconds since the epoch).
+    updated_at: float
+
+
+class MemoryListResult(Base):
+    entries: list[MemoryEntry]
+    #: How many entries there are in all (more than listed when the limit cut the list).
+    total: int = 0
+
+
+class MemoryShowResult(Base):
+    name: str
+    title: str
+    text: str
+    #: SHA-256 of the file's bytes; pass it back as ``if_hash`` to write only if unchanged.
+    hash: str
+    updated_at: float
+
+
+class MemorySearchParams(Base):
+    #: Plain words: FTS5 syntax (quotes, ``NEAR``, ``*``, ``col:``, ``AND``/``OR``) is taken
+    #: literally. All words must match; when nothing does, any word may.
+    query: str
+    limit: int = 10
+    category: str | None = None
+
+
+class MemoryHit(Base):
+    name: str
+    title: str
+    #: Matching text with the matched words in ``**``; ``…`` marks cuts.
+    snippet: str
+    #: Relevance (bm25, sign flipped): higher is better; comparable within one search only.
+    score: float
+
+
+class MemorySearchResult(Base):
+    hits: list[MemoryHit]
+
+
+class MemoryWriteParams(Base):
+    name: str
+    text: str
+    #: Write only if the file's current hash is this one (``""``: only if it does not exist).
+    if_hash: str | None = None
+
+
+class MemoryAppendParams(Base):
+    name: str
+    text: str
+
+
+class MemoryWriteResult(Base):
+    name: str
+    hash: str
+    size: int
+    created: bool = False
+
+
+class MemoryReindexParams(Base):
+    #: Re-read and re-hash every file, not only those whose size or mtime changed.
+    full: bool = False
+
+
+class MemoryReindexResult(Base):
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    #: Files skipped: symlinks, hard links, bad names, unreadable (see the daemon log).
+    skipped: int
+    #: The index failed its integrity check and was rebuilt from the files.
+    rebuilt: bool
+    seconds: float
+
+
+class ConversationSearchParams(Base):
+    #: Plain words, all of which must appear in a message (FTS5 syntax is taken literally).
+    text: str
+    limit: int = 20
+
+
+class MessageHit(Base):
+    conversation: str
+    turn: int
+    role: str
+    snippet: str
+    created_at: float
+
+
+class ConversationSearchResult(Base):
+    hits: list[MessageHit]
+
 
 # --- Doctor and service (service issue) --------------------------------------------------
 
+#: ``ok``: healthy; ``warn``: works, but look; ``fail``: broken (``pyra doctor`` exits 1);
+#: ``skipped``: could not or need not be checked (the detail says why).
+CheckStatus = Literal["ok", "warn", "fail", "skipped"]
+
+
+class DoctorParams(Base):
+    #: Probe the provider with a 1-token completion (costs a request; off: ``skipped``).
+    provider: bool = True
+    #: Seconds the provider may take to answer (loading litellm is not counted).
+    timeout: float = 10.0
+
+
+class DoctorCheck(Base):
+    """One finding of ``pyra doctor``, from the daemon or from the client."""
+
+    name: str
+    status: CheckStatus
+    detail: str = ""
+    #: What to do about it, when there is something to do.
+    hint: str = ""
+    #: ``pyra doctor --fix`` repaired something; ``status`` and ``detail`` describe the result.
+    fixed: bool = False
+
+
+class DoctorResult(Base):
+    checks: list[DoctorCheck]
+
+
 # --- Gatekeeper and bots (telegram issue) ------------------------------------------------
+# Every bot (Telegram now; Matrix and Signal later) is an IPC frontend: the daemon's gatekeeper
+# decides who may talk (``gate.*``) and its inbox makes each incoming platform message durable
+# before the bot confirms it to the platform, so nothing is lost or answered twice (``inbox.*``).
+# Platform ids (users, chats) travel as strings; Telegram's numeric ids in decimal.
+
+#: What the gatekeeper decided about one incoming message.
+GateAction = Literal["allow", "challenge", "verified", "refuse", "silent", "rate_limited", "locked"]
+
+
+class GateCheckParams(Base):
+    """``gate.check``: may ``sender`` say ``text`` in ``chat``? Ask before acting on a message.
+
+    With ``update_id`` (an inbox item) the check is idempotent: a message already allowed is
+    allowed again without counting twice (a resumed message after a restart).
+    """
+
+    platform: str
+    sender: str
+    chat: str
+    text: str = ""
+    #: ``private``, ``group``, ``supergroup`` or ``channel``.
+    chat_type: str = "private"
+    update_id: int | None = None
+
+    def __repr__(self) -> str:
+        # The text may be a passphrase attempt.
+        return f"GateCheckParams(platform={self.platform!r}, sender={self.sender!r}, text=***)"
+
+
+class GateResult(Base):
+    """The gatekeeper's answer; the bot sends ``reply`` (when not empty) and nothing else.
+
+    ``allow`` names the ``conversation`` to continue. ``challenge`` holds the message until the
+    passphrase is given; ``verified`` says the passphrase was right (then ``resume`` the held
+    messages). ``delete`` asks the bot to delete the person's message (it held a passphrase).
+    """
+
+    action: GateAction
+    reply: str = ""
+    delete: bool = False
+    conversation: str | None = None
+    #: Findings of the injection scanner (``injection-suspected``, ``injection:<category>``).
+    flags: list[str] = []
+    resume: bool = False
+
+
+class GateChallengeParams(Base):
+    """``gate.answer_challenge``: a passphrase attempt typed by ``sender``."""
+
+    platform: str
+    sender: str
+    chat: str
+    attempt: str
+
+    def __repr__(self) -> str:
+        return f"GateChallengeParams(platform={self.platform!r}, sender={self.sender!r}, ***)"
+
+
+class GatePlatformParams(Base):
+    platform: str
+
+
+class GateInfoResult(Base):
+    """``gate.info``: what a bot needs to know of its platform's gatekeeper settings."""
+
+    platform: str
+    allowed: list[str] = []
+    approver_chat: str | None = None
+    private_only: bool = True
+    challenge: bool = True
+    passphrase_set: bool = False
+
+
+class GateSetupParams(Base):
+    """``gate.setup``: change who may talk to a bot (``None`` leaves a value as it is)."""
+
+    platform: str
+    allow: list[str] | None = None
+    approver_chat: str | None = None
+    #: Remove the approver chat.
+    clear_approver_chat: bool = False
+    #: The Bot API server (Telegram), for self-hosted Bot API servers.
+    api_base_url: str | None = None
+
+
+class GateSetupResult(Base):
+    config_path: str
+    info: GateInfoResult
+
+
+class GatePassphraseParams(Base):
+    """``gate.set_passphrase``: the shared passphrase; the daemon keeps only its bcrypt hash."""
+
+    passphrase: str
+
+    def __repr__(self) -> str:
+        return "GatePassphraseParams(passphrase=***)"
+
+
+class GateSenderParams(Base):
+    """``gate.unlock``: lift a lockout (and ask for the passphrase again)."""
+
+    platform: str
+    sender: str
+
+
+class GateChatParams(Base):
+    platform: str
+    chat: str
+
+
+class GateConversationResult(Base):
+    conversation: str
+
+
+class GatePromptParams(Base):
+    """``gate.prompt``: bind an approval request shown in ``chat`` to fresh button tokens.
+
+    Presses are then accepted only in ``chat``, only from ``sender`` (any allowed sender when
+    ``None``, e.g. a group), once, and before ``expires_at`` (epoch seconds).
+    """
+
+    platform: str
+    request_id: str
+    chat: str
+    sender: str | None = None
+    expires_at: float = 0.0
+    options: list[str] = []
+
+
+class GatePromptResult(Base):
+    """The opaque callback data for each option (``option -> token``, at most 64 bytes).
+
+    ``message_id`` is set when this request was already shown in this chat (do not send it
+    again); ``state`` is ``open``, ``pressed``, ``closed`` or ``orphaned``.
+    """
+
+    buttons: dict[str, str]
+    message_id: int | None = None
+    state: str = "open"
+
+
+class GatePromptSentParams(Base):
+    platform: str
+    request_id: str
+    chat: str
+    message_id: int
+
+
+class GatePressParams(Base):
+    """``gate.press``: a button press; raises ``ApprovalRefused`` (``reason``) when refused."""
+
+    platform: str
+    token: str
+    chat: str
+    sender: str
+
+
+class GatePressResult(Base):
+    request_id: str
+    decision: str
+
+
+class GatePromptsParams(Base):
+    """``gate.prompts``: prompts of one request, or all in one state (``orphaned``)."""
+
+    platform: str
+    request_id: str | None = None
+    state: str | None = None
+
+
+class GatePromptView(Base):
+    request_id: str
+    chat: str
+    message_id: int | None
+    state: str
+    decision: str | None = None
+    pressed_by: str | None = None
+
+
+class GatePromptsResult(Base):
+    prompts: list[GatePromptView]
+
+
+class GatePromptClosedParams(Base):
+    platform: str
+    request_id: str
+    chat: str
+
+
+class InboxAcceptParams(Base):
+    """``inbox.accept``: record a platform update durably; call before confirming it."""
+
+    platform: str
+    update_id: int
+    #: ``message`` or ``callback`` (a button press: recorded for de-duplication only).
+    kind: str
+    chat: str
+    sender: str
+    message_id: int | None = None
+    text: str = ""
+    chat_type: str = "private"
+    #: When the person sent it (epoch seconds, the platform's clock).
+    date: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"InboxAcceptParams(platform={self.platform!r}, update_id={self.update_id})"
+
+
+class InboxAcceptResult(Base):
+    #: ``new``, or ``duplicate`` for an update already recorded (drop it).
+    status: str
+    #: The text was not stored: it is probably a passphrase (an outstanding challenge).
+    secret: bool = False
+
+
+class InboxItem(Base):
+    """A recorded message that is not done yet, with the replies already sent for it."""
+
+    update_id: int
+    chat: str
+    sender: str
+    message_id: int | None = None
+    #: ``None`` when the text was not stored (a passphrase attempt).
+    text: str | None = None
+    chat_type: str = "private"
+    date: float = 0.0
+    #: ``new``, ``held`` (waiting for the passphrase), ``answering`` or ``answered``.
+    state: str = "new"
+    conversation: str | None = None
+    #: Message ids of the reply parts already sent, in order.
+    parts: list[int] = []
+
+
+class InboxPendingParams(Base):
+    platform: str
+    #: Only this chat's items.
+    chat: str | None = None
+    #: Held items (waiting for the passphrase) instead of the unanswered ones.
+    held: bool = False
+
+
+class InboxPendingResult(Base):
+    items: list[InboxItem]
+
+
+class InboxItemParams(Base):
+    platform: str
+    update_id: int
+
+
+class InboxAskResult(Base):
+    """``inbox.ask``: the answer to an allowed inbox item (run once; a retry replays it)."""
+
+    conversation: str
+    text: str
+    #: True when the answer was already computed before (no new model call was made).
+    replayed: bool = False
+    parts: list[int] = []
+
+
+class InboxSentParams(Base):
+    """``inbox.sent``: reply part ``part`` of an item went out as ``message_id``."""
+
+    platform: str
+    update_id: int
+    part: int
+    message_id: int

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 
 from pyra_client import __version__
-from pyra_client.errors import NotConfigured, ShuttingDown
+from pyra_client.errors import ShuttingDown
 from pyra_client.paths import Endpoint, Layout, default_socket_path, ensure_private_dir
 from pyra_client.protocol import (
     PROTOCOL_VERSION,
@@ -38,24 +38,34 @@ from pyra_client.protocol import (
     ConversationListParams,
     ConversationListResult,
     ConversationShowResult,
+    DoctorParams,
     Empty,
     OkResult,
-    SetupParams,
-    SetupResult,
     StatusResult,
+    TaskStatus,
 )
-from pyra_client.providers import PROVIDERS, Provider
 from pyra_daemon import hardening, notify
-from pyra_daemon.config import Config, LLMConfig, load_config, save_config
+from pyra_daemon.audit import AuditStore
+from pyra_daemon.broker import InteractionBroker
+from pyra_daemon.config import Config, load_config, save_config
+from pyra_daemon.config_service import ConfigService
 from pyra_daemon.conversations import ConversationStore
 from pyra_daemon.db import Database
+from pyra_daemon.diagnostics import Diagnostics
 from pyra_daemon.engine import Engine
+from pyra_daemon.gatekeeper import GateService
 from pyra_daemon.home import prepare_home
+from pyra_daemon.interactions import Interactions, eligible_for
 from pyra_daemon.llm import LiteLLMClient
-from pyra_daemon.logs import redactor, setup_logging
+from pyra_daemon.logs import setup_logging
+from pyra_daemon.memory_service import MemoryService
 from pyra_daemon.pidfile import PidFile
-from pyra_daemon.secret import Secret
+from pyra_daemon.plugins import PluginManager
 from pyra_daemon.server import Call, Method, MethodTable, Server
+from pyra_daemon.setup_service import SetupService
+from pyra_daemon.supervisor import Supervisor
+from pyra_daemon.tools import ToolRegistry
+from pyra_daemon.vault_service import VaultService
 
 __all__ = ["Daemon", "rss_bytes"]
 
@@ -85,9 +95,34 @@ class Daemon:
         self.endpoint: Endpoint | None = None
         self.db: Database | None = None
         self.conversations: ConversationStore | None = None
-        self.llm = LiteLLMClient(lambda: self.config.llm, self._provider_key)
+        self.vault = VaultService(layout.vault_dir)
+        self.llm = LiteLLMClient(lambda: self.config.llm, self.vault.provider_key)
+        self.settings = ConfigService(self)
+        self.setup = SetupService(self, self.settings, self.llm, self.vault.provider_key)
+        self.memory = MemoryService(layout)
+        self.supervisor: Supervisor | None = None
+        # Tools and approvals: the registry audits into the database once it is open. A lambda,
+        # because the registry needs the broker first.
+        self.broker = InteractionBroker(
+            audit=lambda record: self.tools.record_interaction(record)  # noqa: PLW0108
+        )
+        self.tools = ToolRegistry(
+            self.broker, config=lambda: self.config.tools, eligible_for=eligible_for
+        )
+        self.interactions = Interactions(self.broker, self.tools)
+        self.audit: AuditStore | None = None
+        self.plugins = PluginManager(
+            layout,
+            config=lambda: self.config,
+            tools=self.tools,
+            save_config=self._save_config,
+            vault=lambda: self.vault.vault,
+        )
+        self.gate = GateService(self, secrets_store=self.vault.vault, taint=self.tools.taint)
         self.engine: Engine | None = None
-        self.server = Server(self._methods(), version=__version__)
+        self.server = Server(
+            self._methods(), version=__version__, on_session_end=self.interactions.session_ended
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -96,18 +131,26 @@ class Daemon:
         pidfile = PidFile(self.layout.pid_file)
         pidfile.acquire()
         try:
-            async with self._state(), anyio.create_task_group() as tasks:
+            async with self._state(), self._supervised(), anyio.create_task_group() as tasks:
                 listener = await self._listen()
+                if self.audit is not None:
+                    # The approval audit's writer, drained (before the DB closes) on the way out.
+                    await tasks.start(self.audit.run)
                 await tasks.start(self.server.serve, listener)
+                # Handlers before READY=1: a reload or stop right after it must not kill us.
+                await tasks.start(self._signals)
                 self._announce()
-                tasks.start_soon(self._signals)
                 tasks.start_soon(self._watchdog)
+                tasks.start_soon(self.memory.maintain)
                 if self.config.daemon.warm_up:
                     tasks.start_soon(self._warm_up)
                 await self._stop.wait()
                 notify.stopping()
                 log.info("stopping: no new connections; %d turn(s) running", self._active())
                 await listener.aclose()
+                denied = self.broker.deny_pending("the daemon is shutting down")
+                if denied:
+                    log.info("denied %d pending approval request(s)", denied)
                 if self.engine is not None:
                     with anyio.move_on_after(self.config.daemon.shutdown_grace):
                         await self.engine.wait_idle()
@@ -127,17 +170,51 @@ class Daemon:
 
     @contextlib.asynccontextmanager
     async def _state(self) -> AsyncIterator[None]:
+        await self.vault.open()
         self.db = await Database.open(self.layout.db_file)
         try:
             self.conversations = ConversationStore(self.db)
             interrupted = await self.conversations.recover()
             if interrupted:
                 log.warning("%d turn(s) were interrupted by the last shutdown", interrupted)
-            self.engine = Engine(self.conversations, self.llm, lambda: self.config.llm)
+            self.memory.open(self.db)
+            self.audit = AuditStore(self.db)
+            self.tools.attach(self.audit)
+            await self.gate.open(self.db)
+            self.engine = Engine(
+                self.conversations,
+                self.llm,
+                lambda: self.config.llm,
+                toolbox=self.tools,
+                context=self._prompt_context,
+            )
             yield
         finally:
             with anyio.CancelScope(shield=True):
                 await self.db.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _supervised(self) -> AsyncIterator[None]:
+        """The supervisor of background tasks, with every enabled plugin started under it."""
+        testing = self.config.daemon.supervisor_testing or os.environ.get(
+            "PYRA_SUPERVISOR_TESTING", ""
+        ) not in ("", "0")
+        async with Supervisor(testing=testing) as supervisor:
+            self.supervisor = supervisor
+            await self.plugins.start(supervisor)
+            try:
+                yield
+            finally:
+                await self.plugins.aclose()
+
+    def _save_config(self, config: Config) -> None:
+        save_config(config, self.layout.config_file)
+        self.settings.apply(config)
+
+    async def _prompt_context(self, prompt: str) -> str:
+        """System-prompt additions for a turn: the plugins' text, then saved memory."""
+        parts = [self.plugins.system_prompt(), await self.memory.context(prompt)]
+        return "\n\n".join(part for part in parts if part)
 
     async def _listen(self) -> anyio.abc.Listener[Any]:
         daemon = self.config.daemon
@@ -147,7 +224,12 @@ class Daemon:
             fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as out:
                 out.write(token + "\n")
-            self.server = Server(self._methods(), version=__version__, token=token)
+            self.server = Server(
+                self._methods(),
+                version=__version__,
+                token=token,
+                on_session_end=self.interactions.session_ended,
+            )
             multi = await anyio.create_tcp_listener(
                 local_host="127.0.0.1", local_port=daemon.tcp_port
             )
@@ -187,11 +269,15 @@ class Daemon:
             Path(self.endpoint.path).unlink(missing_ok=True)
         self.layout.token_file.unlink(missing_ok=True)
 
-    async def _signals(self) -> None:
+    async def _signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.reload()
+                    await self.plugins.reload()
                 else:
                     log.info("received %s", signal.Signals(signum).name)
                     self.stop()
@@ -222,20 +308,6 @@ class Daemon:
             log.info("config reloaded")
         notify.ready()
 
-    async def _provider_key(self, provider: Provider, config: LLMConfig) -> Secret | None:
-        env = config.api_key_env or provider.api_key_env
-        value = os.environ.get(env) if env else None
-        if value:
-            redactor.add(value)
-            return Secret(value)
-        if provider.needs_key:
-            raise NotConfigured(
-                f"no API key for {provider.name}: set ${env} in the daemon's environment "
-                f"(or store it with `pyra vault set provider:{provider.id}`)",
-                provider=provider.id,
-            )
-        return None
-
     # --- methods ---------------------------------------------------------------------------
 
     def _methods(self) -> MethodTable:
@@ -243,16 +315,28 @@ class Daemon:
             "status": Method(Empty, self.m_status, inline=True),
             "shutdown": Method(Empty, self.m_shutdown, inline=True),
             "ask": Method(AskParams, self.m_ask),
-            "setup": Method(SetupParams, self.m_setup),
             "conversations.list": Method(ConversationListParams, self.m_conversations_list),
             "conversations.show": Method(ConversationIdParams, self.m_conversations_show),
             "conversations.delete": Method(ConversationIdParams, self.m_conversations_delete),
             "conversations.export": Method(ConversationExportParams, self.m_conversations_export),
             # --- vault and config methods ---
+            **self.vault.methods(),
+            **self.settings.methods(),
+            **self.setup.methods(),
             # --- tools, approvals and plugins methods ---
+            **self.interactions.methods(),
+            **self.plugins.methods(),
             # --- memory methods ---
+            **self.memory.methods(),
             # --- doctor methods ---
+            "doctor": Method(
+                DoctorParams,
+                Diagnostics(
+                    self.layout, lambda: self.config, self.llm, vault=lambda: self.vault.vault
+                ).m_doctor,
+            ),
             # --- gatekeeper methods ---
+            **self.gate.methods(),
         }
 
     def _store(self) -> ConversationStore:
@@ -275,6 +359,15 @@ class Daemon:
             rss_bytes=rss_bytes(),
             llm_ready=self.llm.ready,
             active_turns=self._active(),
+            tasks=[
+                TaskStatus(
+                    name=task.name,
+                    state=str(task.state),
+                    restarts=task.restarts,
+                    last_error=task.last_error,
+                )
+                for task in (self.supervisor.status() if self.supervisor else [])
+            ],
         )
 
     async def m_shutdown(self, call: Call, params: Empty) -> OkResult:
@@ -286,34 +379,18 @@ class Daemon:
         if self.stopping or self.engine is None:
             raise ShuttingDown("the daemon is shutting down")
         emit = call.emit if params.stream else _discard
-        return await self.engine.ask(
-            params,
-            kind=call.session.client or "cli",
-            request=call.request_id,
-            origin=call.session.id,
-            emit=emit,
+        # An interactive asker answers the approval requests of its own turn (see interactions).
+        approving = (
+            self.interactions.asking(call.session) if params.approve else contextlib.nullcontext()
         )
-
-    async def m_setup(self, call: Call, params: SetupParams) -> SetupResult:
-        if params.provider not in PROVIDERS:
-            raise NotConfigured(f"unknown provider {params.provider!r}")
-        llm = self.config.llm.model_copy(
-            update={
-                "provider": params.provider,
-                "model": params.model,
-                "base_url": params.base_url,
-                "api_key_env": params.api_key_env,
-            }
-        )
-        config = Config.model_validate(
-            {"llm": llm.model_dump(), "daemon": self.config.daemon.model_dump()}
-        )
-        save_config(config, self.layout.config_file)
-        self.config = config
-        log.info("provider set to %s, model %s", params.provider, params.model)
-        return SetupResult(
-            provider=params.provider, model=params.model, config_path=str(self.layout.config_file)
-        )
+        async with approving:
+            return await self.engine.ask(
+                params,
+                kind=call.session.client or "cli",
+                request=call.request_id,
+                origin=call.session.id,
+                emit=emit,
+            )
 
     async def m_conversations_list(
         self, call: Call, params: ConversationListParams
@@ -363,8 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(layout.log_file, config.daemon.log_level)
     try:
         return anyio.run(Daemon(layout, config).run, backend="asyncio")
-    except PyraError as exc:
-        log.error("%s", exc)  # noqa: TRY400 - a clear line, not a traceback
-        return int(exc.exit_code)
+    except (PyraError, BaseExceptionGroup) as raised:
+        # Raised inside the daemon's task group (binding the socket, say), a PyraError
+        # arrives wrapped in an exception group: unwrap a lone one, re-raise anything else.
+        error: BaseException = raised
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if not isinstance(error, PyraError):
+            raise
+        log.error("%s", error)  # noqa: TRY400 - a clear line, not a traceback
+        return int(error.exit_code)
     except KeyboardInterrupt:
         return 130

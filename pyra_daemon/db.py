@@ -82,8 +82,243 @@ def m001_conversations() -> str:
 
 # Reserved, in this order (a migration's number is its position):
 # --- m002: tool calls, approval rules and audit (tools issue) ---
+
+
+@migration
+def m002_tools() -> str:
+    # tool_calls: one row per call the model made, written when it ends (audit).
+    # approval_events: every interaction request and its decision, as the broker reports them.
+    # approval_rules: the person's "allow always" rules; pattern NULL means any arguments.
+    # tainted_conversations: conversations holding untrusted content (see pyra_daemon.tools).
+    # security_log: injection-scanner hits and other security events, whatever their source.
+    return """
+        CREATE TABLE tool_calls (
+            id INTEGER PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            conversation_id TEXT,
+            request TEXT,
+            origin TEXT,
+            tool TEXT NOT NULL,
+            plugin TEXT NOT NULL DEFAULT '',
+            arguments TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            decided_by TEXT,
+            frontend TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            flags TEXT NOT NULL DEFAULT '[]',
+            ok INTEGER NOT NULL,
+            duration_ms REAL NOT NULL,
+            result_preview TEXT NOT NULL DEFAULT '',
+            started_at REAL NOT NULL
+        );
+        CREATE INDEX tool_calls_conversation ON tool_calls(conversation_id, id);
+        CREATE INDEX tool_calls_tool ON tool_calls(tool, id);
+        CREATE TABLE approval_events (
+            id INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            event TEXT NOT NULL CHECK (event IN ('requested', 'decided')),
+            kind TEXT NOT NULL,
+            tool TEXT,
+            arguments TEXT NOT NULL DEFAULT '',
+            conversation_id TEXT,
+            origin TEXT,
+            flags TEXT NOT NULL DEFAULT '[]',
+            decision TEXT,
+            decided_by TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            at REAL NOT NULL
+        );
+        CREATE INDEX approval_events_request ON approval_events(request_id);
+        CREATE TABLE approval_rules (
+            id INTEGER PRIMARY KEY,
+            tool TEXT NOT NULL,
+            pattern TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX approval_rules_unique ON approval_rules(tool, IFNULL(pattern, ''));
+        CREATE TABLE tainted_conversations (
+            conversation_id TEXT PRIMARY KEY
+                REFERENCES conversations(id) ON DELETE CASCADE,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE TABLE security_log (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL,
+            conversation_id TEXT,
+            tool TEXT,
+            detail TEXT NOT NULL DEFAULT '',
+            findings TEXT NOT NULL DEFAULT '[]'
+        );
+        CREATE INDEX security_log_at ON security_log(at);
+    """
+
+
 # --- m003: memory index and message search (memory issue) ---
+
+
+@migration
+def m003_memory() -> str:
+    # memory_entries mirrors the markdown files (the canonical store) and is the external
+    # content of memory_fts; messages_fts indexes messages in place. Triggers keep both
+    # indexes in step with their tables, cascaded deletes included. An mtime-only change
+    # does not touch the index (the update trigger watches the indexed columns only).
+    return """
+        CREATE TABLE memory_entries (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            category TEXT NOT NULL,
+            title TEXT NOT NULL DEFAULT '',
+            body TEXT NOT NULL DEFAULT '',
+            hash TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            indexed_at REAL NOT NULL
+        );
+        CREATE INDEX memory_entries_category ON memory_entries(category, name);
+        CREATE VIRTUAL TABLE memory_fts USING fts5(
+            name, title, body,
+            content='memory_entries', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER memory_entries_ai AFTER INSERT ON memory_entries BEGIN
+            INSERT INTO memory_fts(rowid, name, title, body)
+            VALUES (new.id, new.name, new.title, new.body);
+        END;
+        CREATE TRIGGER memory_entries_ad AFTER DELETE ON memory_entries BEGIN
+            INSERT INTO memory_fts(memory_fts, rowid, name, title, body)
+            VALUES ('delete', old.id, old.name, old.title, old.body);
+        END;
+        CREATE TRIGGER memory_entries_au AFTER UPDATE OF name, title, body ON memory_entries
+        BEGIN
+            INSERT INTO memory_fts(memory_fts, rowid, name, title, body)
+            VALUES ('delete', old.id, old.name, old.title, old.body);
+            INSERT INTO memory_fts(rowid, name, title, body)
+            VALUES (new.id, new.name, new.title, new.body);
+        END;
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content,
+            content='messages', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER messages_fts_ai AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END;
+        CREATE TRIGGER messages_fts_ad AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        END;
+        CREATE TRIGGER messages_fts_au AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END;
+        INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+    """
+
+
 # --- m004: gatekeeper: senders, lockouts, security log (telegram issue) ---
+
+
+@migration
+def m004_gatekeeper() -> str:
+    # gate_senders: passphrase state and lockouts per platform sender (survive restarts).
+    # gate_log: the gatekeeper's security log, every decision; never message text (m002's
+    # security_log has no sender to rate-limit by). gate_chats: a chat's current conversation
+    # (/new). gate_flags: injection findings of incoming messages, per conversation.
+    # inbox/inbox_replies: platform updates recorded before they are confirmed, and the ids
+    # of the replies sent for them (resume without loss, retry without duplicates).
+    # gate_prompts/gate_buttons: approval messages and their opaque button tokens.
+    return """
+        CREATE TABLE gate_senders (
+            platform TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            verified_at REAL,
+            last_seen REAL,
+            challenged_at REAL,
+            failures INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL,
+            PRIMARY KEY (platform, sender)
+        );
+        CREATE TABLE gate_log (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            platform TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            chat TEXT NOT NULL DEFAULT '',
+            event TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX gate_log_sender ON gate_log(platform, sender, at);
+        CREATE TABLE gate_chats (
+            platform TEXT NOT NULL,
+            chat TEXT NOT NULL,
+            conversation TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (platform, chat)
+        );
+        CREATE TABLE gate_flags (
+            conversation TEXT NOT NULL,
+            flag TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (conversation, flag)
+        );
+        CREATE TABLE inbox (
+            platform TEXT NOT NULL,
+            update_id INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('message', 'callback')),
+            chat TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            chat_type TEXT NOT NULL DEFAULT 'private',
+            message_id INTEGER,
+            text TEXT,
+            date REAL NOT NULL,
+            received_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'new' CHECK (state IN
+                ('new', 'held', 'answering', 'answered', 'done')),
+            action TEXT,
+            conversation TEXT,
+            answer TEXT,
+            PRIMARY KEY (platform, update_id)
+        );
+        CREATE INDEX inbox_state ON inbox(platform, state, update_id);
+        CREATE TABLE inbox_replies (
+            platform TEXT NOT NULL,
+            update_id INTEGER NOT NULL,
+            part INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            PRIMARY KEY (platform, update_id, part),
+            FOREIGN KEY (platform, update_id) REFERENCES inbox(platform, update_id)
+                ON DELETE CASCADE
+        );
+        CREATE TABLE gate_prompts (
+            platform TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            chat TEXT NOT NULL,
+            sender TEXT,
+            message_id INTEGER,
+            expires_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'open' CHECK (state IN
+                ('open', 'pressed', 'closed', 'orphaned')),
+            decision TEXT,
+            pressed_by TEXT,
+            PRIMARY KEY (platform, request_id, chat)
+        );
+        CREATE TABLE gate_buttons (
+            token TEXT PRIMARY KEY,
+            platform TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            chat TEXT NOT NULL,
+            option TEXT NOT NULL,
+            FOREIGN KEY (platform, request_id, chat)
+                REFERENCES gate_prompts(platform, request_id, chat) ON DELETE CASCADE
+        );
+        CREATE INDEX gate_buttons_prompt ON gate_buttons(platform, request_id, chat);
+    """
 
 
 class Database:

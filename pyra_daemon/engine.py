@@ -2,7 +2,8 @@
 
 For each ``ask`` it resolves the conversation, builds the context (system prompt, history
 trimmed to the token budget, the new prompt), streams the model's answer, runs tool calls
-through a :class:`Toolbox` for up to ``max_tool_rounds`` rounds, and records the turn with its
+through a :class:`Toolbox` for up to ``max_tool_rounds`` rounds (the calls of one round
+concurrently, results in the model's order), and records the turn with its
 usage and cost. Cancellation (Ctrl-C, a dropped client, shutdown) and provider errors end the
 turn as ``cancelled`` or ``failed``, written in a shielded transaction so the conversation stays
 consistent.
@@ -92,11 +93,14 @@ class Engine:
         llm: LLM,
         config: Callable[[], LLMConfig],
         toolbox: Toolbox | None = None,
+        context: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._store = store
         self._llm = llm
         self._config = config
         self._toolbox: Toolbox = toolbox or NoTools()
+        # Extra system-prompt text for a prompt (saved memory); "" adds nothing.
+        self._context = context
         self._running: set[str] = set()
         self._idle = anyio.Event()
         self._idle.set()
@@ -152,7 +156,10 @@ class Engine:
         emit: Emit,
     ) -> AskResult:
         config = self._config()
-        system = ChatMessage(role="system", content=config.system_prompt)
+        system_prompt = config.system_prompt
+        if self._context is not None and (extra := await self._context(prompt)):
+            system_prompt = f"{system_prompt}\n\n{extra}"
+        system = ChatMessage(role="system", content=system_prompt)
         user = ChatMessage(role="user", content=prompt)
         history = await self._store.history(conversation)
         messages = _trim(system, history, user, config.history_tokens, self._llm.count_tokens)
@@ -182,8 +189,8 @@ class Engine:
                     )
                 ]
                 parts.clear()
-                for call in completion.tool_calls:
-                    outcome = await self._toolbox.run(call, context)
+                outcomes = await _run_calls(self._toolbox, completion.tool_calls, context)
+                for call, outcome in zip(completion.tool_calls, outcomes, strict=True):
                     step.append(
                         ChatMessage(
                             role="tool",
@@ -216,6 +223,23 @@ class Engine:
                 await self._store.finish_turn(
                     conversation, turn, status=status, text="".join(parts), usage=usage, error=error
                 )
+
+
+async def _run_calls(
+    toolbox: Toolbox, calls: Sequence[ToolCallRequest], context: TurnContext
+) -> list[ToolOutcome]:
+    """Run one round's calls concurrently (each is approved on its own); outcomes in order."""
+    if len(calls) == 1:
+        return [await toolbox.run(calls[0], context)]
+    outcomes: list[ToolOutcome | None] = [None] * len(calls)
+
+    async def run(index: int, call: ToolCallRequest) -> None:
+        outcomes[index] = await toolbox.run(call, context)
+
+    async with anyio.create_task_group() as task_group:
+        for index, call in enumerate(calls):
+            task_group.start_soon(run, index, call)
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _add(total: TurnUsage, more: TurnUsage) -> TurnUsage:

@@ -12,11 +12,12 @@ persist anything; :mod:`pyra_daemon.engine` does.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -243,14 +244,60 @@ class LiteLLMClient:
     ) -> Completion:
         provider, config, model = self._resolve()
         await self.warm_up()
-        litellm = self._module
         key = await self._key_source(provider, config)
+        kwargs = self._request(provider, config, model, key, messages, timeout=config.timeout)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        if tools:
+            kwargs["tools"] = [tool.to_openai() for tool in tools]
+            # With tools, litellm (1.106) imports its MCP-gateway module, which needs the
+            # optional `mcp` package and fails without it; our tools are never MCP tools.
+            kwargs["_skip_mcp_handler"] = True
+        if config.temperature is not None:
+            kwargs["temperature"] = config.temperature
+
+        with self._translated(provider, key, config.timeout):
+            with anyio.fail_after(config.timeout):
+                stream = await self._module.acompletion(**kwargs)
+            # Later chunks are bounded by the HTTP client's read timeout (same value).
+            completion = await _consume(stream, model, on_text)
+        completion.usage.cost = self._cost(model, completion.usage)
+        return completion
+
+    async def probe(self, within: float) -> str:
+        """Ask the configured model for one token, without retries, within *within* seconds.
+
+        Proves that the provider answers, accepts the key and knows the model, for
+        ``pyra doctor``; loading litellm is not counted in *within* (so no ``fail_after``
+        around the call). Returns the model name;
+        raises :class:`ProviderError` subclasses (and :class:`NotConfigured`) like
+        :meth:`complete`.
+        """
+        provider, config, model = self._resolve()
+        await self.warm_up()
+        key = await self._key_source(provider, config)
+        ping = [ChatMessage(role="user", content="ping")]
+        kwargs = self._request(provider, config, model, key, ping, timeout=within)
+        kwargs.update(max_tokens=1, num_retries=0)
+        with self._translated(provider, key, within), anyio.fail_after(within):
+            await self._module.acompletion(**kwargs)
+        return model
+
+    def _request(
+        self,
+        provider: Provider,
+        config: LLMConfig,
+        model: str,
+        key: Secret | None,
+        messages: Sequence[ChatMessage],
+        *,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``litellm.acompletion`` every call shares."""
         kwargs: dict[str, Any] = {
             "model": model,
             "messages": [m.to_openai() for m in messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "timeout": config.timeout,
+            "timeout": timeout,
             "num_retries": config.retries,
             "max_retries": 0,  # the OpenAI SDK's own retries: litellm's num_retries govern
         }
@@ -261,26 +308,21 @@ class LiteLLMClient:
             kwargs["api_key"] = key.reveal()
         elif provider.prefix == "openai/":
             kwargs["api_key"] = "no-key"  # OpenAI-compatible local servers ignore it
-        if tools:
-            kwargs["tools"] = [tool.to_openai() for tool in tools]
-        if config.temperature is not None:
-            kwargs["temperature"] = config.temperature
+        return kwargs
 
+    @contextlib.contextmanager
+    def _translated(self, provider: Provider, key: Secret | None, timeout: float) -> Iterator[None]:
+        """Turn whatever litellm raises inside the block into a :class:`ProviderError`."""
         try:
-            with anyio.fail_after(config.timeout):
-                stream = await litellm.acompletion(**kwargs)
-            # Later chunks are bounded by the HTTP client's read timeout (same value).
-            completion = await _consume(stream, model, on_text)
+            yield
         except ProviderError:
             raise
         except TimeoutError as exc:
             raise ProviderTimeout(
-                f"{provider.name} did not answer within {config.timeout:g} s", provider=provider.id
+                f"{provider.name} did not answer within {timeout:g} s", provider=provider.id
             ) from exc
         except Exception as exc:
             raise self._translate(exc, provider, key) from exc
-        completion.usage.cost = self._cost(model, completion.usage)
-        return completion
 
     def _cost(self, model: str, usage: TurnUsage) -> float | None:
         try:

@@ -21,7 +21,12 @@ import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import logging
+
+    from pyra_daemon.pathguard import PathGuard
 
 __all__ = [
     "Plugin",
@@ -29,6 +34,7 @@ __all__ = [
     "SlashCommand",
     "Tool",
     "ToolError",
+    "context_parameter",
     "schema_from_signature",
     "tool",
 ]
@@ -59,27 +65,44 @@ class Tool:
     timeout: float = 30.0
     #: Set by the loader: the plugin that provides the tool.
     plugin: str = ""
+    #: The handler's parameter annotated :class:`PluginContext`, if any: the loader passes the
+    #: plugin's context under this name. It is not part of ``parameters``.
+    context_param: str | None = None
 
 
 @dataclass(frozen=True)
 class SlashCommand:
-    """A ``/name`` command typed in a chat frontend; returns the text to show."""
+    """A ``/name`` command typed in a chat frontend; returns the text to show.
+
+    ``handler`` is called with the text after the command name (``/weather Paris`` gives
+    ``"Paris"``); a parameter annotated :class:`PluginContext` receives the plugin's context.
+    """
 
     name: str
     description: str
-    handler: Callable[[str], Awaitable[str] | str]
+    handler: Callable[..., Awaitable[str] | str]
 
 
 class PluginContext(Protocol):
-    """What the daemon hands a plugin's ``setup`` and background tasks."""
+    """What the daemon hands a plugin's ``setup``, background tasks and tools.
+
+    A tool receives it by declaring a parameter annotated ``PluginContext`` (any name; it is
+    left out of the tool's JSON Schema).
+    """
 
     name: str
+    #: Refuses paths into Pyra's private files; use it for every file a plugin touches.
+    path_guard: PathGuard
+    #: The plugin's logger (``pyra.plugin.<name>``), configured by the daemon.
+    log: logging.Logger
 
     async def read_secret(self, key: str) -> str | None:
         """The plugin's secret ``plugin:<name>:<key>``, or None when unset."""
         ...
 
-    async def write_secret(self, key: str, value: str) -> None: ...
+    async def write_secret(self, key: str, value: str) -> None:
+        """Store the plugin's secret ``plugin:<name>:<key>``."""
+        ...
 
     def config(self) -> Mapping[str, Any]:
         """The plugin's section of the config file (``[plugins.<name>]``)."""
@@ -103,6 +126,11 @@ class Plugin:
     tasks: Sequence[Callable[[PluginContext], Awaitable[None]]] = ()
     #: Called once when the plugin is enabled (validate config, warm caches).
     setup: Callable[[PluginContext], Awaitable[None]] | None = None
+    #: Called when the plugin is disabled or the daemon stops (after its tasks are stopped).
+    teardown: Callable[[PluginContext], Awaitable[None]] | None = None
+    #: The vault keys the plugin reads, ``{key: what it is}``; ``pyra plugin setup`` lists them
+    #: with the command that stores each (``pyra vault set plugin:<name>:<key>``).
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 _JSON_TYPES: dict[Any, str] = {
@@ -141,27 +169,55 @@ def _param_docs(doc: str) -> tuple[str, dict[str, str]]:
     summary: list[str] = []
     params: dict[str, str] = {}
     in_args = False
+    last: str | None = None  # the parameter whose description may continue
+    last_indent = 0
     for line in lines:
-        if line.strip().lower() in ("args:", "arguments:", "parameters:"):
-            in_args = True
+        stripped = line.strip()
+        if stripped.lower() in ("args:", "arguments:", "parameters:"):
+            in_args, last = True, None
+            continue
+        indent = len(line) - len(line.lstrip())
+        if last is not None and stripped and indent > last_indent:
+            params[last] += " " + stripped  # a description wrapped onto the next line
             continue
         match = _PARAM_DOC.match(line)
         if match and (in_args or match.group(1)):
-            name = match.group(1) or match.group(3)
-            params[name] = (match.group(2) or match.group(4)).strip()
+            last = match.group(1) or match.group(3)
+            last_indent = indent
+            params[last] = (match.group(2) or match.group(4)).strip()
+        elif not stripped:
+            last = None
         elif not in_args and not params:
             summary.append(line)
     return " ".join(s.strip() for s in summary if s.strip()), params
 
 
+def context_parameter(fn: Callable[..., Any]) -> str | None:
+    """The name of *fn*'s parameter annotated :class:`PluginContext`, if it has one."""
+    try:
+        hints = typing.get_type_hints(fn)
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or a callable object without annotations
+        return None
+    for name in parameters:
+        if hints.get(name) is PluginContext:
+            return name
+    return None
+
+
 def schema_from_signature(fn: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
-    """A description and a JSON Schema for *fn*'s keyword parameters."""
+    """A description and a JSON Schema for *fn*'s keyword parameters.
+
+    A parameter annotated :class:`PluginContext` is left out: the daemon supplies it.
+    """
     description, docs = _param_docs(fn.__doc__ or "")
     hints = typing.get_type_hints(fn)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if hints.get(name) is PluginContext:
             continue
         schema = _schema_for(hints.get(name, str))
         if name in docs:
@@ -179,8 +235,14 @@ def schema_from_signature(fn: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
     }
 
 
+@typing.overload
+def tool(fn: ToolHandler, /) -> Tool: ...
+
+
+@typing.overload
 def tool(
-    fn: ToolHandler | None = None,
+    fn: None = None,
+    /,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -188,7 +250,20 @@ def tool(
     requires_approval: bool = True,
     read_only: bool = False,
     timeout: float = 30.0,
-) -> Any:
+) -> Callable[[ToolHandler], Tool]: ...
+
+
+def tool(
+    fn: ToolHandler | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    requires_approval: bool = True,
+    read_only: bool = False,
+    timeout: float = 30.0,
+) -> Tool | Callable[[ToolHandler], Tool]:
     """Make a :class:`Tool` from a function: ``@tool`` or ``@tool(read_only=True, ...)``."""
 
     def build(handler: ToolHandler) -> Tool:
@@ -201,6 +276,7 @@ def tool(
             requires_approval=requires_approval and not read_only,
             read_only=read_only,
             timeout=timeout,
+            context_param=context_parameter(handler),
         )
 
     return build(fn) if fn is not None else build

@@ -11,6 +11,7 @@ params Struct type and a handler ``(Call, params) -> result``.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import itertools
 import logging
@@ -192,6 +193,14 @@ class Server:
             if uid is not None and uid != os.getuid():
                 log.warning("refused a connection from uid %d", uid)
                 await session.send(_error(None, Unauthorized("peer runs as another user")))
+                # Hang up once the peer has read why (or after a second): closing with its
+                # hello unread would reset the connection, and the peer would never see it.
+                with (
+                    anyio.move_on_after(1),
+                    contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError),
+                ):
+                    while await stream.receive():
+                        pass
                 await stream.aclose()
                 return
         self.sessions[session.id] = session
@@ -231,11 +240,12 @@ class Server:
     async def _on_frame(self, session: Session, frame: bytes, tasks: anyio.abc.TaskGroup) -> None:
         try:
             message = msgspec.json.decode(frame, type=DecodedMessage)
-        except msgspec.DecodeError as exc:
-            await session.send(_error(None, ParseError(f"invalid JSON: {exc}")))
-            return
+        # ValidationError subclasses DecodeError: it must be caught first.
         except msgspec.ValidationError as exc:
             await session.send(_error(None, InvalidRequest(f"not a JSON-RPC message: {exc}")))
+            return
+        except msgspec.DecodeError as exc:
+            await session.send(_error(None, ParseError(f"invalid JSON: {exc}")))
             return
         if message.jsonrpc != "2.0" or message.method is None:
             if message.method is None and (message.result or message.error is not None):
@@ -248,7 +258,14 @@ class Server:
             return  # notifications from clients carry nothing the daemon acts on yet
         request_id = message.id
         if message.method == "hello":
-            await session.send(self._hello(session, request_id, message.params))
+            try:
+                reply = self._hello(session, request_id, message.params)
+            except Unauthorized as exc:
+                # Answer first: a closed session sends nothing, and the peer must learn why.
+                await session.send(_error(request_id, exc))
+                session.closed = True  # nothing more is read from an unauthenticated peer
+                return
+            await session.send(reply)
             return
         if not session.handshaken:
             await session.send(
@@ -303,8 +320,7 @@ class Server:
             given = (params.token or "").encode()
             if not expected or not hmac.compare_digest(expected, given):
                 log.warning("%s: wrong or missing token on TCP", session.id)
-                session.closed = True  # nothing more is read from an unauthenticated peer
-                return _error(request_id, Unauthorized("wrong or missing token"))
+                raise Unauthorized("wrong or missing token")
         session.client = params.client
         session.protocol = params.protocol
         session.handshaken = True
@@ -344,10 +360,16 @@ class Server:
     ) -> None:
         session = call.session
         try:
+            reply: bytes | None = None
             with scope:
-                await session.send(await self._run(call, method, params))
-            if scope.cancelled_caught:
-                await session.send(_error(call.request_id, Cancelled("cancelled")))
+                reply = await self._run(call, method, params)
+            if reply is None:  # the client's `cancel` reached it first
+                reply = _error(call.request_id, Cancelled("cancelled"))
+            # Shielded: an answer already computed is delivered even when the daemon starts
+            # stopping in between (a turn that ends within the shutdown grace is not lost).
+            # Session.send bounds the wait.
+            with anyio.CancelScope(shield=True):
+                await session.send(reply)
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside: the daemon is stopping or the client went away.
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):

@@ -9,7 +9,21 @@ from __future__ import annotations
 import typer
 
 from pyra_client import __version__
-from pyra_client.cli import conversations, daemon, service, setup, status
+from pyra_client.cli import (
+    approvals,
+    chat,
+    config,
+    conversations,
+    daemon,
+    doctor,
+    logs,
+    memory,
+    plugin,
+    service,
+    setup_telegram,
+    status,
+    vault,
+)
 
 __all__ = ["app", "run"]
 
@@ -25,10 +39,19 @@ app.add_typer(daemon.app)
 app.add_typer(conversations.app)
 app.add_typer(service.app)
 # --- vault / config command groups ---
+app.add_typer(vault.app)
+app.add_typer(config.app)
 # --- approvals / plugin / chat command groups ---
+app.add_typer(approvals.app)
+app.add_typer(plugin.app)
+app.command("chat")(chat.chat)
 # --- memory command group ---
+app.add_typer(memory.app)
 # --- doctor / logs commands ---
-app.command("setup")(setup.setup)
+app.command("doctor")(doctor.doctor)
+app.command("logs")(logs.logs)
+# `pyra setup` (provider) with its `telegram` and `passphrase` subcommands.
+setup_telegram.mount(app)
 app.command("status")(status.status)
 
 

@@ -5,6 +5,11 @@ people put in scripts and loops). The prompt comes from the arguments, from stdi
 are none (or ``-``), or from both when stdin is piped alongside a prompt
 (``git diff | pyra ask "review this"``). Output: rendered markdown on a terminal, plain text
 when piped, NDJSON events with ``--json``. Ctrl-C cancels the turn in the daemon.
+
+On a terminal (stdin and stdout both ttys) the ask also approves its own tool calls inline: it
+sends ``approve: true`` and answers the ``interaction.request`` notifications of its turn,
+showing the full arguments (see :mod:`pyra_client.approve`). Otherwise the turn's requests go to
+other approvers (``pyra approvals watch``) and wait for them until they expire.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from pyra_client.autostart import connect_or_start
-from pyra_client.errors import Cancelled, PyraError, UsageError
+from pyra_client.errors import ApprovalRefused, Cancelled, PyraError, UsageError
 from pyra_client.paths import Layout
 from pyra_client.protocol import (
     AskParams,
     AskResult,
     CancelParams,
     Event,
+    Interaction,
+    InteractionAnswerParams,
+    InteractionAnswerResult,
+    InteractionResolved,
     TextDelta,
     UnknownEvent,
 )
@@ -66,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-autostart", action="store_true", help="fail instead of starting the daemon"
     )
+    parser.add_argument(
+        "--no-approve",
+        action="store_true",
+        help="do not answer tool approvals here, even on a terminal (leave them to "
+        "`pyra approvals watch` or another frontend)",
+    )
     return parser
 
 
@@ -101,13 +116,26 @@ class _Output:
         self.json_mode = json_mode
         self._live: Any = None
         self._text: list[str] = []
+        self._paused = False
         if tty and not json_mode:
             from rich.console import Console
-            from rich.live import Live
 
             self._console = Console()
-            self._live = Live(console=self._console, refresh_per_second=12, transient=False)
-            self._live.start()
+            self._start_live()
+
+    def _start_live(self) -> None:
+        from rich.live import Live
+
+        self._live = Live(console=self._console, refresh_per_second=12, transient=False)
+        self._live.start()
+
+    def pause(self) -> None:
+        """Stop live rendering (what is shown stays) so a prompt can use the terminal."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._text.clear()
+            self._paused = True
 
     def event(self, event: Event | UnknownEvent) -> None:
         if self.json_mode:
@@ -121,6 +149,9 @@ class _Output:
             self.text(event.text)
 
     def text(self, text: str) -> None:
+        if self._paused:
+            self._paused = False
+            self._start_live()
         self._text.append(text)
         if self._live is not None:
             from rich.markdown import Markdown
@@ -152,10 +183,48 @@ def _usage_line(result: AskResult) -> str:
     )
 
 
+class _InlineApprover:
+    """Answers the approval requests of this ask's own turn on the terminal."""
+
+    def __init__(self, conn: Connection, out: _Output) -> None:
+        self._conn = conn
+        self._out = out
+        self._answered: set[str] = set()
+
+    def __call__(self, method: str, raw: msgspec.Raw) -> None:
+        from pyra_client.approve import ask_person, describe_resolution
+
+        if method == "interaction.resolved":
+            resolved = msgspec.json.decode(raw, type=InteractionResolved)
+            if resolved.id not in self._answered:
+                sys.stderr.write(describe_resolution(resolved) + "\n")
+            return
+        if method != "interaction.request":
+            return
+        request = msgspec.json.decode(raw, type=Interaction)
+        self._out.pause()
+        decision = ask_person(request, out=sys.stderr, read_line=sys.stdin.readline)
+        self._answered.add(request.id)
+        answer_id = self._conn.send(
+            "interactions.answer", InteractionAnswerParams(id=request.id, decision=decision)
+        )
+        try:
+            # Nested: stream events and further requests keep flowing while we wait.
+            self._conn.wait(
+                answer_id, InteractionAnswerResult, on_event=self._out.event, on_notification=self
+            )
+        except ApprovalRefused as exc:
+            sys.stderr.write(f"pyra: your answer was refused: {exc}\n")
+        else:
+            sys.stderr.write(f"{decision}: {request.tool or request.kind}\n")
+        sys.stderr.flush()
+
+
 def _run(conn: Connection, params: AskParams, out: _Output) -> AskResult:
     request_id = conn.send("ask", params)
+    approver = _InlineApprover(conn, out) if params.approve else None
     try:
-        return conn.wait(request_id, AskResult, on_event=out.event)
+        return conn.wait(request_id, AskResult, on_event=out.event, on_notification=approver)
     except KeyboardInterrupt:
         # Cancel in the daemon, then wait (briefly) for it to confirm; a second Ctrl-C quits.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -173,6 +242,7 @@ def main(argv: list[str]) -> int:
         conversation=options.conversation,
         continue_last=options.continue_last,
         stream=not options.no_stream,
+        approve=not options.no_approve and sys.stdin.isatty() and sys.stdout.isatty(),
     )
     layout = Layout.default()
     out = _Output(json_mode=options.json, tty=sys.stdout.isatty())

@@ -1,4 +1,4 @@
-"""``pyra conversations list|show|delete|export``."""
+"""``pyra conversations list|show|delete|export|search``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pyra_client.protocol import (
     ConversationIdParams,
     ConversationListParams,
     ConversationListResult,
+    ConversationSearchParams,
+    ConversationSearchResult,
     ConversationShowResult,
     ConversationSummary,
     OkResult,
@@ -108,3 +110,26 @@ def export(
         ConversationExportResult,
     )
     sys.stdout.write(result.content)
+
+
+@app.command()
+def search(
+    text: list[str] = typer.Argument(..., help="Words to find; a message must contain all."),
+    limit: int = typer.Option(20, "--limit", "-n", help="At most this many, newest first."),
+    json: bool = typer.Option(False, "--json", help="Print a JSON array of results."),
+) -> None:
+    """Search past messages of every conversation, newest first."""
+    result = call(
+        "conversations.search",
+        ConversationSearchParams(text=" ".join(text), limit=limit),
+        ConversationSearchResult,
+    )
+    if json:
+        print_json(result.hits)
+        return
+    if not result.hits:
+        typer.echo("no matches", err=True)
+        raise typer.Exit(1)
+    for hit in result.hits:
+        typer.echo(f"{hit.conversation}  {_when(hit.created_at)}  turn {hit.turn}  {hit.role}")
+        typer.echo(f"    {hit.snippet}")

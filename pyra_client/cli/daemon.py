@@ -22,7 +22,7 @@ from pyra_client.errors import DaemonUnreachable, PyraError
 from pyra_client.paths import Layout
 from pyra_client.protocol import Empty, OkResult, StatusResult
 
-__all__ = ["app", "running_pid"]
+__all__ = ["app", "running_pid", "stop_daemon"]
 
 app = typer.Typer(
     name="daemon", help="Run, start, stop and inspect the daemon.", no_args_is_help=True
@@ -77,7 +77,8 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     return False
 
 
-def _stop(layout: Layout, timeout: float) -> bool:
+def stop_daemon(layout: Layout, timeout: float) -> bool:
+    """Stop the daemon of *layout* (IPC ``shutdown``, else SIGTERM); False if none ran."""
     pid = running_pid(layout)
     try:
         with Connection.open(layout, timeout=2.0) as conn:
@@ -96,7 +97,7 @@ def stop(
     timeout: float = typer.Option(30.0, help="Seconds to wait for running turns to finish."),
 ) -> None:
     """Stop the daemon gracefully (running turns finish or are cancelled)."""
-    if _stop(Layout.default(), timeout):
+    if stop_daemon(Layout.default(), timeout):
         typer.echo("daemon stopped")
     else:
         typer.echo("the daemon is not running")
@@ -108,7 +109,7 @@ def restart(
 ) -> None:
     """Stop the daemon (if running) and start it again."""
     layout = Layout.default()
-    _stop(layout, timeout)
+    stop_daemon(layout, timeout)
     with wait_until_ready(layout, spawn_daemon(layout)) as conn:
         status = conn.call("status", Empty(), StatusResult)
     typer.echo(f"daemon restarted (pid {status.pid})")
