@@ -12,6 +12,7 @@ RPC methods live here as thin adapters from protocol structs to the stores and t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -59,6 +60,7 @@ from pyra_daemon.interactions import Interactions, eligible_for
 from pyra_daemon.llm import LiteLLMClient
 from pyra_daemon.logs import setup_logging
 from pyra_daemon.memory_service import MemoryService
+from pyra_daemon.memory_tools import memory_tools
 from pyra_daemon.pidfile import PidFile
 from pyra_daemon.plugins import PluginManager
 from pyra_daemon.server import Call, Method, MethodTable, Server
@@ -178,6 +180,9 @@ class Daemon:
             if interrupted:
                 log.warning("%d turn(s) were interrupted by the last shutdown", interrupted)
             self.memory.open(self.db)
+            for memory_tool in memory_tools(self.memory.store):
+                # Built in, not a plugin: listed under "memory" so it is never unloaded.
+                self.tools.add(dataclasses.replace(memory_tool, plugin="memory"))
             self.audit = AuditStore(self.db)
             self.tools.attach(self.audit)
             await self.gate.open(self.db)
