@@ -103,6 +103,8 @@ class Daemon:
         self.setup = SetupService(self, self.settings, self.llm, self.vault.provider_key)
         self.memory = MemoryService(layout)
         self.supervisor: Supervisor | None = None
+        #: Set once built-in tools and plugins are loaded (after READY); turns wait for it.
+        self._extensions_loaded = anyio.Event()
         # Tools and approvals: the registry audits into the database once it is open. A lambda,
         # because the registry needs the broker first.
         self.broker = InteractionBroker(
@@ -133,7 +135,7 @@ class Daemon:
         pidfile = PidFile(self.layout.pid_file)
         pidfile.acquire()
         try:
-            async with self._state(), self._supervised(), anyio.create_task_group() as tasks:
+            async with self._state(), anyio.create_task_group() as tasks:
                 listener = await self._listen()
                 if self.audit is not None:
                     # The approval audit's writer, drained (before the DB closes) on the way out.
@@ -142,6 +144,7 @@ class Daemon:
                 # Handlers before READY=1: a reload or stop right after it must not kill us.
                 await tasks.start(self._signals)
                 self._announce()
+                await tasks.start(self._extensions)
                 tasks.start_soon(self._watchdog)
                 tasks.start_soon(self.memory.maintain)
                 if self.config.daemon.warm_up:
@@ -180,9 +183,6 @@ class Daemon:
             if interrupted:
                 log.warning("%d turn(s) were interrupted by the last shutdown", interrupted)
             self.memory.open(self.db)
-            for memory_tool in memory_tools(self.memory.store):
-                # Built in, not a plugin: listed under "memory" so it is never unloaded.
-                self.tools.add(dataclasses.replace(memory_tool, plugin="memory"))
             self.audit = AuditStore(self.db)
             self.tools.attach(self.audit)
             await self.gate.open(self.db)
@@ -192,25 +192,38 @@ class Daemon:
                 lambda: self.config.llm,
                 toolbox=self.tools,
                 context=self._prompt_context,
+                ready=self._extensions_loaded.wait,
             )
             yield
         finally:
             with anyio.CancelScope(shield=True):
                 await self.db.aclose()
 
-    @contextlib.asynccontextmanager
-    async def _supervised(self) -> AsyncIterator[None]:
-        """The supervisor of background tasks, with every enabled plugin started under it."""
+    async def _extensions(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Load the built-in tools and the plugins, then supervise them until cancelled.
+
+        Runs after READY so `status` answers in a fraction of the time plugin discovery, tool
+        schema compilation and plugin imports take; turns wait for ``_extensions_loaded``.
+        """
         testing = self.config.daemon.supervisor_testing or os.environ.get(
             "PYRA_SUPERVISOR_TESTING", ""
         ) not in ("", "0")
+        task_status.started()
         async with Supervisor(testing=testing) as supervisor:
             self.supervisor = supervisor
-            await self.plugins.start(supervisor)
             try:
-                yield
+                for memory_tool in memory_tools(self.memory.store):
+                    # Built in, not a plugin: listed under "memory" so it is never unloaded.
+                    self.tools.add(dataclasses.replace(memory_tool, plugin="memory"))
+                await self.plugins.start(supervisor)
+                self._extensions_loaded.set()
+                await anyio.sleep_forever()
             finally:
-                await self.plugins.aclose()
+                self._extensions_loaded.set()
+                with anyio.CancelScope(shield=True):
+                    await self.plugins.aclose()
 
     def _save_config(self, config: Config) -> None:
         save_config(config, self.layout.config_file)

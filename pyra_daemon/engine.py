@@ -92,10 +92,14 @@ class Engine:
         store: ConversationStore,
         llm: LLM,
         config: Callable[[], LLMConfig],
+        *,
         toolbox: Toolbox | None = None,
         context: Callable[[str], Awaitable[str]] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # Awaited before every turn: the daemon answers `status` before its tools are loaded.
+        self._ready = ready
         self._llm = llm
         self._config = config
         self._toolbox: Toolbox = toolbox or NoTools()
@@ -130,6 +134,8 @@ class Engine:
     async def ask(
         self, params: AskParams, *, kind: str, request: int | str, origin: str, emit: Emit
     ) -> AskResult:
+        if self._ready is not None:
+            await self._ready()
         conversation = await self._conversation_for(params, kind)
         if conversation in self._running:
             raise Busy(f"conversation {conversation} already has a turn running", id=conversation)

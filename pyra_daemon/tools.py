@@ -61,7 +61,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import jsonschema
 import msgspec
 
 from pyra_client.errors import PyraError
@@ -181,6 +180,8 @@ class _Entry:
     __slots__ = ("spec", "tool", "validator")
 
     def __init__(self, tool: Tool) -> None:
+        import jsonschema  # ~120 ms: paid when the first tool is registered, after READY
+
         schema = dict(tool.parameters)
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
