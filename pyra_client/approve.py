@@ -3,8 +3,8 @@
 Shared by ``pyra ask`` (inline approvals for its own turn) and ``pyra approvals watch``. The
 person must see exactly what would run: the tool and the *full* arguments, pretty-printed when
 they are JSON, with every control, bidirectional and invisible character turned into a visible
-escape (:func:`make_visible`, the same rules as the daemon's ``pyra_daemon.broker``; the client
-may not import the daemon, so the logic is mirrored here and a test keeps the two in step).
+escape (``pyra_client.visible.make_visible``, the one rule shared with the daemon's previews
+and the bots).
 Arguments longer than a screen are cut in the prompt with an offer to read them in a pager.
 
 What this module deliberately does not do: talk to the daemon (callers send
@@ -19,11 +19,11 @@ import os
 import shutil
 import subprocess
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from typing import IO
 
 from pyra_client.protocol import PERMISSION_DECISIONS, Interaction, InteractionResolved
+from pyra_client.visible import make_visible
 
 __all__ = [
     "ANSWER_KEYS",
@@ -53,51 +53,6 @@ ANSWER_KEYS = {
 }
 #: Lines of arguments shown in the prompt itself; the rest through ``[v]iew``.
 MAX_SHOWN_LINES = 40
-
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_EXTRA_INVISIBLE = (
-    (0x034F, 0x034F),
-    (0x115F, 0x1160),
-    (0x3164, 0x3164),
-    (0xFE00, 0xFE0F),
-    (0xFFA0, 0xFFA0),
-    (0xE0100, 0xE01EF),
-)
-
-
-def _escape(char: str, multiline: bool) -> str | None:
-    if multiline and char in "\n\t":
-        return None
-    named = _NAMED_ESCAPES.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    if code < 0x20 or 0x7F <= code <= 0x9F:
-        return f"\\x{code:02x}"
-    if code < 0xA0:
-        return None
-    if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") or any(
-        low <= code <= high for low, high in _EXTRA_INVISIBLE
-    ):
-        return f"<U+{code:04X}>"
-    return None
-
-
-def _pieces(text: str, multiline: bool) -> Iterable[str]:
-    for char in text:
-        escaped = _escape(char, multiline)
-        yield char if escaped is None else escaped
-
-
-def make_visible(text: str, *, multiline: bool = False) -> str:
-    """``text`` with control, bidi and invisible characters as visible escapes.
-
-    C0/C1 controls and DEL become ``\\x1b``-style escapes (``\\n``, ``\\r``, ``\\t`` by name);
-    bidi controls, zero-width and other invisible format characters become ``<U+202E>``.
-    With ``multiline`` newlines and tabs stay as they are. Mirrors
-    ``pyra_daemon.broker.make_visible``.
-    """
-    return "".join(_pieces(text, multiline))
 
 
 def render_arguments(arguments: str) -> str:

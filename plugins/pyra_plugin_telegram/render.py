@@ -8,9 +8,8 @@ counted as Telegram counts them: in UTF-16 code units.
 * :func:`to_markdown_v2` turns the common markdown of model answers (bold, italic, inline and
   fenced code, links, headings, bullets) into Telegram's MarkdownV2 and escapes everything
   else; when Telegram still refuses it, the bot sends the plain text.
-* :func:`visible` shows control, bidirectional and invisible characters as escapes, as the
-  daemon's broker does for its previews (``pyra_daemon.broker.make_visible``; this module may
-  not import the daemon, so it keeps its own copy of the rule).
+* :func:`visible` shows control, bidirectional and invisible characters as escapes: the one
+  rule of ``pyra_client.visible``, shared with the daemon's previews and the CLI prompts.
 * :func:`render_request` and :func:`outcome_line` write the approval messages.
 
 What this module deliberately does not do: send anything, or decide what to show to whom.
@@ -21,11 +20,11 @@ from __future__ import annotations
 import datetime as dtm
 import json
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyra_client.protocol import Interaction, InteractionResolved
+from pyra_client.visible import make_visible
 
 __all__ = [
     "MAX_TEXT",
@@ -178,39 +177,7 @@ def to_markdown_v2(text: str) -> str:
 
 # --- visible text ----------------------------------------------------------------------------
 
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-# Invisible characters outside the Cc/Cf/Zl/Zp categories: variation selectors, the combining
-# grapheme joiner and the Hangul fillers (the same list as the daemon's broker).
-_EXTRA_INVISIBLE = (
-    (0x034F, 0x034F),
-    (0x115F, 0x1160),
-    (0x3164, 0x3164),
-    (0xFE00, 0xFE0F),
-    (0xFFA0, 0xFFA0),
-    (0xE0100, 0xE01EF),
-)
-
-
-def _visible_char(char: str, multiline: bool) -> str:
-    if multiline and char in "\n\t":
-        return char
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    if code < 0x20 or 0x7F <= code <= 0x9F:
-        return f"\\x{code:02x}"
-    if code < 0xA0:
-        return char
-    if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") or any(
-        low <= code <= high for low, high in _EXTRA_INVISIBLE
-    ):
-        return f"<U+{code:04X}>"
-    return char
-
-
-def visible(text: str, *, multiline: bool = False) -> str:
-    """*text* with control, bidi and invisible characters shown as escapes (``<U+202E>``)."""
-    return "".join(_visible_char(char, multiline) for char in text)
+visible = make_visible
 
 
 # --- approval messages -----------------------------------------------------------------------
