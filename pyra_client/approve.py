@@ -18,16 +18,33 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import IO
+from typing import IO, TYPE_CHECKING, Protocol
 
-from pyra_client.protocol import PERMISSION_DECISIONS, Interaction, InteractionResolved
+import msgspec
+
+from pyra_client.errors import ApprovalRefused
+from pyra_client.protocol import (
+    PERMISSION_DECISIONS,
+    Event,
+    Interaction,
+    InteractionAnswerParams,
+    InteractionAnswerResult,
+    InteractionResolved,
+    UnknownEvent,
+)
 from pyra_client.visible import make_visible
+
+if TYPE_CHECKING:
+    from pyra_client.connection import Connection
 
 __all__ = [
     "ANSWER_KEYS",
     "MAX_SHOWN_LINES",
+    "InlineApprover",
+    "TurnView",
     "ask_person",
     "describe_resolution",
     "make_visible",
@@ -174,3 +191,71 @@ def describe_resolution(resolved: InteractionResolved, me: str | None = None) ->
     )
     reason = f" ({make_visible(resolved.reason)})" if resolved.reason and who == "system" else ""
     return f"request {make_visible(resolved.id)} {verdict} by {who}{reason}"
+
+
+class TurnView(Protocol):
+    """Where a turn is being shown: paused while the person answers, notes printed under it."""
+
+    def pause(self) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def event(self, event: Event | UnknownEvent) -> None: ...
+
+
+class InlineApprover:
+    """Answers the approval requests of the caller's own turn, on a blocking connection.
+
+    Pass it as ``on_notification`` to :meth:`Connection.wait`. With ``answer=False`` (no
+    terminal to ask on) it only points the person to ``pyra approvals watch``. Without ``out``
+    it writes to whatever ``sys.stderr`` is when a request arrives: rich's live display swaps
+    in a markup-rendering proxy while it runs, which would eat the ``[a]llow`` prompt.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        view: TurnView,
+        *,
+        read_line: Callable[[], str],
+        out: IO[str] | None = None,
+        answer: bool = True,
+    ) -> None:
+        self._conn = conn
+        self._view = view
+        self._read_line = read_line
+        self._out = out
+        self._answer = answer
+        self._answered: set[str] = set()
+
+    def __call__(self, method: str, raw: msgspec.Raw) -> None:
+        if method == "interaction.resolved":
+            resolved = msgspec.json.decode(raw, type=InteractionResolved)
+            if resolved.id not in self._answered:
+                self._view.note(describe_resolution(resolved))
+            return
+        if method != "interaction.request":
+            return
+        request = msgspec.json.decode(raw, type=Interaction)
+        if not self._answer:
+            self._view.note(
+                f"⚠ {request.tool or request.kind} waits for approval: answer it with "
+                "`pyra approvals watch` in another terminal"
+            )
+            return
+        self._view.pause()
+        out = self._out or sys.stderr
+        decision = ask_person(request, out=out, read_line=self._read_line)
+        self._answered.add(request.id)
+        answer = self._conn.send(
+            "interactions.answer", InteractionAnswerParams(id=request.id, decision=decision)
+        )
+        try:
+            # Nested: stream events and further requests keep flowing while we wait.
+            self._conn.wait(
+                answer, InteractionAnswerResult, on_event=self._view.event, on_notification=self
+            )
+        except ApprovalRefused as exc:
+            self._view.note(f"your answer was refused: {exc}")
+        else:
+            self._view.note(f"{decision}: {request.tool or request.kind}")

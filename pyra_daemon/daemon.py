@@ -63,7 +63,7 @@ from pyra_daemon.memory_service import MemoryService
 from pyra_daemon.memory_tools import memory_tools
 from pyra_daemon.pidfile import PidFile
 from pyra_daemon.plugins import PluginManager
-from pyra_daemon.server import Call, Method, MethodTable, Server
+from pyra_daemon.server import Call, Handler, Method, MethodTable, Server
 from pyra_daemon.setup_service import SetupService
 from pyra_daemon.supervisor import Supervisor
 from pyra_daemon.tools import ToolRegistry
@@ -343,7 +343,9 @@ class Daemon:
             **self.setup.methods(),
             # --- tools, approvals and plugins methods ---
             **self.interactions.methods(),
-            **self.plugins.methods(),
+            **self._after_extensions(
+                {"tools.list": self.interactions.methods()["tools.list"], **self.plugins.methods()}
+            ),
             # --- memory methods ---
             **self.memory.methods(),
             # --- doctor methods ---
@@ -355,6 +357,21 @@ class Daemon:
             ),
             # --- gatekeeper methods ---
             **self.gate.methods(),
+        }
+
+    def _after_extensions(self, table: MethodTable) -> MethodTable:
+        """*table* with each handler waiting until tools and plugins are loaded (after READY)."""
+
+        def waiting(handler: Handler) -> Handler:
+            async def wait_then_handle(call: Call, params: Any) -> Any:
+                await self._extensions_loaded.wait()
+                return await handler(call, params)
+
+            return wait_then_handle
+
+        return {
+            name: dataclasses.replace(method, handler=waiting(method.handler), inline=False)
+            for name, method in table.items()
         }
 
     def _store(self) -> ConversationStore:

@@ -25,17 +25,13 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from pyra_client.autostart import connect_or_start
-from pyra_client.errors import ApprovalRefused, Cancelled, PyraError, UsageError
+from pyra_client.errors import Cancelled, PyraError, UsageError
 from pyra_client.paths import Layout
 from pyra_client.protocol import (
     AskParams,
     AskResult,
     CancelParams,
     Event,
-    Interaction,
-    InteractionAnswerParams,
-    InteractionAnswerResult,
-    InteractionResolved,
     TextDelta,
     UnknownEvent,
 )
@@ -137,6 +133,10 @@ class _Output:
             self._text.clear()
             self._paused = True
 
+    def note(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
     def event(self, event: Event | UnknownEvent) -> None:
         if self.json_mode:
             if isinstance(event, UnknownEvent):
@@ -183,46 +183,13 @@ def _usage_line(result: AskResult) -> str:
     )
 
 
-class _InlineApprover:
-    """Answers the approval requests of this ask's own turn on the terminal."""
-
-    def __init__(self, conn: Connection, out: _Output) -> None:
-        self._conn = conn
-        self._out = out
-        self._answered: set[str] = set()
-
-    def __call__(self, method: str, raw: msgspec.Raw) -> None:
-        from pyra_client.approve import ask_person, describe_resolution
-
-        if method == "interaction.resolved":
-            resolved = msgspec.json.decode(raw, type=InteractionResolved)
-            if resolved.id not in self._answered:
-                sys.stderr.write(describe_resolution(resolved) + "\n")
-            return
-        if method != "interaction.request":
-            return
-        request = msgspec.json.decode(raw, type=Interaction)
-        self._out.pause()
-        decision = ask_person(request, out=sys.stderr, read_line=sys.stdin.readline)
-        self._answered.add(request.id)
-        answer_id = self._conn.send(
-            "interactions.answer", InteractionAnswerParams(id=request.id, decision=decision)
-        )
-        try:
-            # Nested: stream events and further requests keep flowing while we wait.
-            self._conn.wait(
-                answer_id, InteractionAnswerResult, on_event=self._out.event, on_notification=self
-            )
-        except ApprovalRefused as exc:
-            sys.stderr.write(f"pyra: your answer was refused: {exc}\n")
-        else:
-            sys.stderr.write(f"{decision}: {request.tool or request.kind}\n")
-        sys.stderr.flush()
-
-
 def _run(conn: Connection, params: AskParams, out: _Output) -> AskResult:
     request_id = conn.send("ask", params)
-    approver = _InlineApprover(conn, out) if params.approve else None
+    approver = None
+    if params.approve:  # only on a terminal: keep the approval module off the scripted path
+        from pyra_client.approve import InlineApprover
+
+        approver = InlineApprover(conn, out, read_line=sys.stdin.readline)
     try:
         return conn.wait(request_id, AskResult, on_event=out.event, on_notification=approver)
     except KeyboardInterrupt:

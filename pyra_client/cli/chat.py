@@ -26,12 +26,11 @@ import signal
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-import msgspec
 import typer
 
+from pyra_client.approve import InlineApprover
 from pyra_client.autostart import connect_or_start
 from pyra_client.errors import (
-    ApprovalRefused,
     DaemonUnreachable,
     NotFound,
     ProtocolError,
@@ -49,10 +48,6 @@ from pyra_client.protocol import (
     ConversationShowResult,
     Empty,
     Event,
-    Interaction,
-    InteractionAnswerParams,
-    InteractionAnswerResult,
-    InteractionResolved,
     PluginListResult,
     TextDelta,
     ToolCallEvent,
@@ -163,53 +158,6 @@ class _Turn:
         elif self._text and not "".join(self._text).endswith("\n"):
             self._out.write("\n")
         self._out.flush()
-
-
-class _Approver:
-    """Answers the approval requests of the chat's own turn (or points to who can)."""
-
-    def __init__(
-        self, conn: Connection, turn: _Turn, stdin: IO[str], out: IO[str], *, answer: bool
-    ) -> None:
-        self._conn = conn
-        self._turn = turn
-        self._in = stdin
-        self._out = out
-        self._answer = answer
-        self._answered: set[str] = set()
-
-    def __call__(self, method: str, raw: msgspec.Raw) -> None:
-        from pyra_client.approve import ask_person, describe_resolution
-
-        if method == "interaction.resolved":
-            resolved = msgspec.json.decode(raw, type=InteractionResolved)
-            if resolved.id not in self._answered:
-                self._turn.note(describe_resolution(resolved))
-            return
-        if method != "interaction.request":
-            return
-        request = msgspec.json.decode(raw, type=Interaction)
-        if not self._answer:
-            self._turn.note(
-                f"⚠ {request.tool or request.kind} waits for approval: answer it with "
-                "`pyra approvals watch` in another terminal"
-            )
-            return
-        self._turn.pause()
-        decision = ask_person(request, out=self._out, read_line=self._in.readline)
-        self._answered.add(request.id)
-        answer = self._conn.send(
-            "interactions.answer", InteractionAnswerParams(id=request.id, decision=decision)
-        )
-        try:
-            # Nested: stream events and further requests keep flowing while we wait.
-            self._conn.wait(
-                answer, InteractionAnswerResult, on_event=self._turn.event, on_notification=self
-            )
-        except ApprovalRefused as exc:
-            self._turn.note(f"your answer was refused: {exc}")
-        else:
-            self._turn.note(f"{decision}: {request.tool or request.kind}")
 
 
 class Repl:
@@ -369,7 +317,9 @@ class Repl:
             turn = _Turn(self._out, markdown=self._markdown)
             conn, request = self._send_ask(params)
             turn.request = request
-            approver = _Approver(conn, turn, self._in, self._out, answer=self._approve)
+            approver = InlineApprover(
+                conn, turn, read_line=self._in.readline, out=self._out, answer=self._approve
+            )
             result = conn.wait(request, AskResult, on_event=turn.event, on_notification=approver)
         except KeyboardInterrupt:
             if turn is not None:
