@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -363,6 +364,7 @@ class Daemon:
         """*table* with each handler waiting until tools and plugins are loaded (after READY)."""
 
         def waiting(handler: Handler) -> Handler:
+            @functools.wraps(handler)  # keeps the result type the protocol schema reads
             async def wait_then_handle(call: Call, params: Any) -> Any:
                 await self._extensions_loaded.wait()
                 return await handler(call, params)
