@@ -115,6 +115,7 @@ __all__ = [
     "InteractionAnswerResult",
     "InteractionListResult",
     "InteractionResolved",
+    "InteractionSubscribeParams",
     "InteractionSubscribeResult",
     "MemoryAppendParams",
     "MemoryEntry",
@@ -719,6 +720,14 @@ class InteractionResolved(Base):
     #: The approver that answered, or ``system`` (expiry, no approver, cancelled turn).
     by: str
     reason: str = ""
+
+
+class InteractionSubscribeParams(Base):
+    #: ``all``: every request this connection may answer (a person's watcher, a bot with an
+    #: approver chat). ``own``: only requests from conversations of this client's kind
+    #: (``telegram:*`` for a bot with no approver chat), so the broker still fails fast for
+    #: requests nobody here could show.
+    scope: Literal["all", "own"] = "all"
 
 
 class InteractionSubscribeResult(Base):

@@ -41,6 +41,7 @@ from pyra_client.protocol import (
     InteractionAnswerResult,
     InteractionListResult,
     InteractionResolved,
+    InteractionSubscribeParams,
     InteractionSubscribeResult,
     OkResult,
     ToolListResult,
@@ -90,9 +91,17 @@ def _rule_view(rule: Rule) -> ApprovalRule:
 class SessionApprover:
     """A connection as an approver; ``only_origin`` limits it to the turns it started."""
 
-    def __init__(self, session: Session, *, only_origin: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        only_origin: str | None = None,
+        only_conversations: str | None = None,
+    ) -> None:
         self._session = session
         self.only_origin = only_origin
+        #: A conversation id prefix (``telegram:``): requests from other conversations skip it.
+        self.only_conversations = only_conversations
 
     @property
     def id(self) -> str:
@@ -119,8 +128,12 @@ def eligible_for(call: ToolCall) -> Eligibility:
     origin = call.origin
 
     def eligible(approver: Approver) -> bool:
-        if isinstance(approver, SessionApprover) and approver.only_origin is not None:
+        if not isinstance(approver, SessionApprover):
+            return True
+        if approver.only_origin is not None:
             return approver.only_origin == origin
+        if approver.only_conversations is not None:
+            return (call.conversation or "").startswith(approver.only_conversations)
         return True
 
     return eligible
@@ -148,8 +161,9 @@ class Interactions:
     def broker(self) -> InteractionBroker:
         return self._broker
 
-    def subscribe(self, session: Session) -> SessionApprover:
-        approver = SessionApprover(session)
+    def subscribe(self, session: Session, *, own_only: bool = False) -> SessionApprover:
+        prefix = f"{session.client}:" if own_only else None
+        approver = SessionApprover(session, only_conversations=prefix)
         self._watchers.add(session.id)
         self._broker.subscribe(approver)
         log.info("%s subscribed as an approver", session.id)
@@ -187,8 +201,10 @@ class Interactions:
 
     # --- methods ---------------------------------------------------------------------------
 
-    async def m_subscribe(self, call: Call, params: Empty) -> InteractionSubscribeResult:
-        self.subscribe(call.session)
+    async def m_subscribe(
+        self, call: Call, params: InteractionSubscribeParams
+    ) -> InteractionSubscribeResult:
+        self.subscribe(call.session, own_only=params.scope == "own")
         return InteractionSubscribeResult(
             approver=call.session.id, pending=len(self._broker.pending(call.session.id))
         )
@@ -227,7 +243,9 @@ class Interactions:
         return {
             # Inline: quick and synchronous in the broker, and answering must not queue behind
             # a slow request of the same connection.
-            "interactions.subscribe": Method(Empty, self.m_subscribe, inline=True),
+            "interactions.subscribe": Method(
+                InteractionSubscribeParams, self.m_subscribe, inline=True
+            ),
             "interactions.unsubscribe": Method(Empty, self.m_unsubscribe, inline=True),
             "interactions.list": Method(Empty, self.m_list, inline=True),
             "interactions.answer": Method(InteractionAnswerParams, self.m_answer, inline=True),

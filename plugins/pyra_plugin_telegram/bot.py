@@ -120,6 +120,7 @@ from pyra_client.protocol import (
     InteractionAnswerParams,
     InteractionAnswerResult,
     InteractionResolved,
+    InteractionSubscribeParams,
     InteractionSubscribeResult,
     OkResult,
     StatusResult,
@@ -341,8 +342,14 @@ class TelegramBot:
                 "nobody may talk to the Telegram bot yet: `pyra setup telegram --allow USER_ID`"
             )
         try:
+            # Without an approver chat the bot can show only its own chats' requests; saying so
+            # keeps the daemon's fast "no approver connected" deny for everyone else's.
             subscribed = await self._rpc(
-                "interactions.subscribe", Empty(), InteractionSubscribeResult
+                "interactions.subscribe",
+                InteractionSubscribeParams(
+                    scope="all" if self._approver_chat(info) is not None else "own"
+                ),
+                InteractionSubscribeResult,
             )
             self._approver = subscribed.approver
         except MethodNotFound:
@@ -888,6 +895,10 @@ class TelegramBot:
         if chat is not None:
             return chat
         info = await self._rpc("gate.info", GatePlatformParams(platform=PLATFORM), GateInfoResult)
+        return self._approver_chat(info)
+
+    @staticmethod
+    def _approver_chat(info: GateInfoResult) -> int | None:
         if info.approver_chat and info.approver_chat.lstrip("-").isdigit():
             return int(info.approver_chat)
         return None
